@@ -1,0 +1,194 @@
+//! The merged view of a stack of layers: N read-only lowers (bottom first) and an optional
+//! writable upper, served as one [`BlockDevice`] (spec §3.9).
+//!
+//! A sector is decided by the topmost layer that maps it: a data entry gives its bytes, a zeroed
+//! entry gives zeros and hides everything below, and a sector no layer maps reads as zeros.
+//! The lowers' indexes are merged once at open (tag = layer number); the upper's live index is
+//! consulted first on every read.
+
+use std::path::Path;
+
+use crate::block::BlockDevice;
+use crate::detect::open_layer_file;
+use crate::lsmt::index::{merge_layers, Piece, SortedIndex};
+use crate::lsmt::writable::{Kind, Recovery};
+use crate::lsmt::{CommittedLayer, Segment, WritableLayer};
+use crate::{Error, Result, SECTOR};
+
+/// A stack of layers.
+pub struct Stack {
+    lowers: Vec<CommittedLayer>,
+    merged: SortedIndex,
+    upper: Option<WritableLayer>,
+    size: u64,
+}
+
+impl Stack {
+    /// Stacks `lowers` (bottom first) under an optional writable `upper`. An upper with a
+    /// virtual size of 0 takes the lowers' size, written back to its headers.
+    pub fn new(lowers: Vec<CommittedLayer>, upper: Option<WritableLayer>) -> Result<Self> {
+        let indexes: Vec<&[Segment]> = lowers.iter().map(|l| l.index().segments()).collect();
+        let merged = SortedIndex::new(merge_layers(&indexes)?);
+        for w in lowers.windows(2) {
+            if w[1].trailer().parent_uuid != w[0].trailer().uuid {
+                tracing::warn!(layer = w[1].source().name(), parent = %w[1].trailer().parent_uuid, below = %w[0].trailer().uuid,
+                    "parent uuid of a layer does not match the uuid of the layer below");
+            }
+        }
+        let lower_size = lowers.iter().rev().map(|l| l.virtual_size()).find(|&v| v != 0).unwrap_or(0);
+        let size = match &upper {
+            Some(u) => {
+                if u.virtual_size() == 0 && lower_size != 0 {
+                    u.set_virtual_size(lower_size)?;
+                }
+                u.virtual_size()
+            }
+            None => lower_size,
+        };
+        Ok(Stack { lowers, merged, upper, size })
+    }
+
+    /// Opens local layer files (any wrapping) and an optional writable layer (data, index).
+    pub fn open_files(lowers: &[impl AsRef<Path>], upper: Option<(&Path, &Path)>) -> Result<Self> {
+        let lowers = lowers.iter().map(open_layer_file).collect::<Result<Vec<_>>>()?;
+        let upper = upper.map(|(d, i)| WritableLayer::open(d, i, true, Recovery::RollBack)).transpose()?;
+        Self::new(lowers, upper)
+    }
+
+    /// The read-only layers, bottom first.
+    pub fn lowers(&self) -> &[CommittedLayer] {
+        &self.lowers
+    }
+
+    /// The writable layer, if any.
+    pub fn upper(&self) -> Option<&WritableLayer> {
+        self.upper.as_ref()
+    }
+
+    /// The merged index of the lowers (tag = layer number).
+    pub fn merged_index(&self) -> &SortedIndex {
+        &self.merged
+    }
+
+    /// Takes the writable layer out (to seal or commit it).
+    pub fn into_upper(self) -> Option<WritableLayer> {
+        self.upper
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
+        if offset % SECTOR != 0 || len % SECTOR != 0 {
+            return Err(Error::Unaligned { offset, len });
+        }
+        if offset.checked_add(len).is_none_or(|e| e > self.size) {
+            return Err(Error::OutOfRange { offset, len, size: self.size });
+        }
+        Ok(())
+    }
+
+    /// Reads sectors `start..` of the lowers into `buf`.
+    fn read_lowers(&self, buf: &mut [u8], start: u64) -> Result<()> {
+        let end = start + buf.len() as u64 / SECTOR;
+        self.merged.for_each_piece(start, end, |p| match p {
+            Piece::Mapped(s) => {
+                let out = &mut buf[((s.offset - start) * SECTOR) as usize..((s.end() - start) * SECTOR) as usize];
+                self.lowers[s.tag as usize].read_segment(&s, out)
+            }
+            Piece::Hole { start: s, end: e } => {
+                buf[((s - start) * SECTOR) as usize..((e - start) * SECTOR) as usize].fill(0);
+                Ok(())
+            }
+        })
+    }
+
+    /// True if any lower maps data (not zeroed) in sectors `start..end`.
+    fn lowers_have_data(&self, start: u64, end: u64) -> bool {
+        let mut found = false;
+        let _ = self.merged.for_each_piece(start, end, |p| {
+            if let Piece::Mapped(s) = p {
+                found |= !s.zeroed;
+            }
+            Ok::<_, ()>(())
+        });
+        found
+    }
+}
+
+impl BlockDevice for Stack {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check(offset, buf.len() as u64)?;
+        let start = offset / SECTOR;
+        let Some(upper) = &self.upper else {
+            return self.read_lowers(buf, start);
+        };
+        let mut pieces = Vec::new();
+        upper.pieces(start, start + buf.len() as u64 / SECTOR, &mut pieces);
+        for p in pieces {
+            match p {
+                Piece::Mapped(s) => {
+                    let out = &mut buf[((s.offset - start) * SECTOR) as usize..((s.end() - start) * SECTOR) as usize];
+                    upper.read_segment(&s, out)?;
+                }
+                Piece::Hole { start: s, end: e } => {
+                    self.read_lowers(&mut buf[((s - start) * SECTOR) as usize..((e - start) * SECTOR) as usize], s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let upper = self.upper.as_ref().ok_or(Error::ReadOnly)?;
+        self.check(offset, buf.len() as u64)?;
+        upper.write_at(buf, offset)
+    }
+
+    /// In a sparse upper, a punched hole would let lower data show through after a reopen, so
+    /// where a lower layer has data the range is written with zeros instead.
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let upper = self.upper.as_ref().ok_or(Error::ReadOnly)?;
+        self.check(offset, len)?;
+        if upper.kind() != Kind::Sparse {
+            return upper.discard(offset, len);
+        }
+        const ZEROS: usize = 1 << 20;
+        let zeros = vec![0u8; ZEROS];
+        let (start, end) = (offset / SECTOR, (offset + len) / SECTOR);
+        let mut pieces = Vec::new();
+        self.merged.for_each_piece(start, end, |p| {
+            pieces.push(p);
+            Ok::<_, Error>(())
+        })?;
+        for p in pieces {
+            let (s, e, shadowed) = match p {
+                Piece::Mapped(s) => (s.offset, s.end(), !s.zeroed),
+                Piece::Hole { start, end } => (start, end, false),
+            };
+            if shadowed && self.lowers_have_data(s, e) {
+                let mut pos = s * SECTOR;
+                while pos < e * SECTOR {
+                    let n = (e * SECTOR - pos).min(ZEROS as u64) as usize;
+                    upper.write_at(&zeros[..n], pos)?;
+                    pos += n as u64;
+                }
+            } else {
+                upper.discard(s * SECTOR, (e - s) * SECTOR)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        match &self.upper {
+            Some(u) => u.flush(),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Random reads of a ZFile's raw content (spec §4.5, §4.6).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::codec::Algorithm;
+use super::header::{flags, ZFileHeader};
+use super::{HEADER_SIZE, MAX_BLOCKS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::crc::{raw_crc32c, SEED_BLOCK, SEED_HEADER};
+use crate::io::ReadAt;
+use crate::{Error, Result};
+
+const FORMAT: &str = "ZFile";
+/// Blocks per group of the compact offset table.
+const GROUP_SHIFT: u32 = 6;
+
+thread_local! {
+    static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An open ZFile: a [`ReadAt`] over the raw (decompressed) bytes.
+pub struct ZFile {
+    src: Arc<dyn ReadAt>,
+    header: ZFileHeader,
+    algo: Algorithm,
+    block_size: u64,
+    raw_size: u64,
+    blocks: u64,
+    /// Offset of every 64th block.
+    bases: Vec<u64>,
+    /// Offset of each block relative to its group's base; one extra entry for the end.
+    rel: Vec<u32>,
+    max_stored: usize,
+    verify: bool,
+}
+
+impl ZFile {
+    /// True if `buf` (the first 512 bytes of a file) is a ZFile header.
+    pub fn detect(buf: &[u8]) -> bool {
+        ZFileHeader::decode(buf).is_some_and(|h| h.has(flags::HEADER))
+    }
+
+    /// Opens `src` as a ZFile. With `verify`, every block read is checked against its CRC32C
+    /// (when the file has them). All sizes are checked against the file before allocating.
+    pub fn open(src: Arc<dyn ReadAt>, verify: bool) -> Result<Self> {
+        let name = src.name().to_string();
+        let size = src.size();
+        let bad = |r: String| Error::format(&name, FORMAT, r);
+        if size < 2 * HEADER_SIZE {
+            return Err(bad(format!("{size} bytes is too small for a header and a trailer")));
+        }
+        let mut raw = [0u8; 512];
+        src.read_exact_at(&mut raw, 0, "ZFile header")?;
+        let h = ZFileHeader::decode(&raw).ok_or_else(|| bad("bad magic".into()))?;
+        if !h.has(flags::HEADER) {
+            return Err(bad("the header flag is not set at offset 0".into()));
+        }
+        if h.has(flags::DIGEST) && ZFileHeader::digest_of(&raw) != h.digest {
+            return Err(bad(format!(
+                "header digest {:#010x} does not match its content ({:#010x}): the header is corrupt",
+                h.digest,
+                ZFileHeader::digest_of(&raw)
+            )));
+        }
+        let mut effective = h.clone();
+        if !h.has(flags::HEADER_OVERWRITE) {
+            if !h.has(flags::DATA) {
+                return Err(bad("the header lacks the data flag".into()));
+            }
+            src.read_exact_at(&mut raw, size - HEADER_SIZE, "ZFile trailer")?;
+            let t =
+                ZFileHeader::decode(&raw).ok_or_else(|| bad("bad magic in the trailer (truncated file?)".into()))?;
+            if t.has(flags::HEADER) || !t.has(flags::DATA) || !t.has(flags::SEALED) {
+                return Err(bad(format!("trailer flags {:#x} are not those of a sealed trailer", t.flags & 0xff)));
+            }
+            if t.has(flags::DIGEST) && ZFileHeader::digest_of(&raw) != t.digest {
+                return Err(bad("trailer digest does not match its content: the trailer is corrupt".into()));
+            }
+            effective.index_offset = t.index_offset;
+            effective.index_size = t.index_size;
+            effective.original_file_size = t.original_file_size;
+            effective.index_crc = t.index_crc;
+            effective.flags = (h.flags & !flags::DIGEST) | (t.flags & flags::DIGEST);
+        }
+        let algo =
+            Algorithm::from_byte(h.algo).ok_or_else(|| bad(format!("unsupported compression algorithm {}", h.algo)))?;
+        let bs = h.block_size;
+        if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
+            return Err(bad(format!("block size {bs} is not a power of two in 4096..65536")));
+        }
+        let (io, n) = (effective.index_offset, effective.index_size);
+        if n > MAX_BLOCKS {
+            return Err(bad(format!("{n} blocks exceeds the limit of {MAX_BLOCKS}")));
+        }
+        if io > size - HEADER_SIZE || n * 4 > size - HEADER_SIZE - io {
+            return Err(bad(format!("jump table of {n} entries at {io} does not fit in the {size}-byte file")));
+        }
+        if n != effective.original_file_size.div_ceil(bs as u64) {
+            return Err(bad(format!(
+                "{n} blocks cannot hold {} bytes in blocks of {bs}",
+                effective.original_file_size
+            )));
+        }
+        let mut table = vec![0u8; (n * 4) as usize];
+        src.read_exact_at(&mut table, io, "ZFile jump table")?;
+        if effective.has(flags::DIGEST) && raw_crc32c(&table, SEED_HEADER) != effective.index_crc {
+            return Err(bad(format!(
+                "jump table CRC {:#010x} does not match the stored {:#010x}: the index is corrupt",
+                raw_crc32c(&table, SEED_HEADER),
+                effective.index_crc
+            )));
+        }
+        let first = HEADER_SIZE + h.dict_size as u64;
+        let crc_len = if h.verify { 4 } else { 0 };
+        let max_len = algo.bound(bs as usize) as u64 + crc_len;
+        let mut bases = Vec::with_capacity((n >> GROUP_SHIFT) as usize + 1);
+        let mut rel = Vec::with_capacity(n as usize + 1);
+        let mut off = first;
+        let mut max_stored = 0;
+        for (i, c) in table.chunks_exact(4).enumerate() {
+            let len = u32::from_le_bytes(c.try_into().expect("4 bytes")) as u64;
+            if len <= crc_len || len > max_len {
+                return Err(bad(format!("block {i} has an impossible stored length {len}")));
+            }
+            if i & ((1 << GROUP_SHIFT) - 1) == 0 {
+                bases.push(off);
+            }
+            rel.push((off - bases[i >> GROUP_SHIFT]) as u32);
+            off += len;
+            max_stored = max_stored.max(len as usize);
+        }
+        if off > io {
+            return Err(bad(format!("compressed blocks end at {off}, past the jump table at {io}")));
+        }
+        if n & ((1 << GROUP_SHIFT) - 1) == 0 {
+            bases.push(off);
+        }
+        rel.push((off - bases[(n >> GROUP_SHIFT) as usize]) as u32);
+        Ok(ZFile {
+            src,
+            algo,
+            block_size: bs as u64,
+            raw_size: effective.original_file_size,
+            blocks: n,
+            bases,
+            rel,
+            max_stored,
+            verify: verify && h.verify,
+            header: effective,
+        })
+    }
+
+    /// The effective header (index fields from the trailer unless the header was overwritten).
+    pub fn header(&self) -> &ZFileHeader {
+        &self.header
+    }
+
+    /// Compression algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algo
+    }
+
+    /// Number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Raw bytes per block.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// True if blocks carry CRCs.
+    pub fn has_checksums(&self) -> bool {
+        self.header.verify
+    }
+
+    /// Byte offset of stored block `i` (`i == blocks()` gives the end of the last block).
+    #[inline]
+    pub fn block_offset(&self, i: u64) -> u64 {
+        self.bases[(i >> GROUP_SHIFT) as usize] + self.rel[i as usize] as u64
+    }
+
+    /// Raw length of block `i`.
+    #[inline]
+    fn raw_len(&self, i: u64) -> usize {
+        (self.raw_size - i * self.block_size).min(self.block_size) as usize
+    }
+
+    /// Checks the stored CRC of block `i` (whose stored bytes are `stored`).
+    fn check_crc(&self, i: u64, off: u64, stored: &[u8]) -> Result<()> {
+        let (data, crc) = stored.split_at(stored.len() - 4);
+        let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+        let got = raw_crc32c(data, SEED_BLOCK);
+        if got != want {
+            return Err(Error::BlockChecksum {
+                file: self.src.name().to_string(),
+                block: i,
+                offset: off,
+                len: stored.len() as u32,
+                stored: want,
+                computed: got,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decompresses block `i` into `dst` (exactly its raw length).
+    pub fn read_block(&self, i: u64, dst: &mut [u8]) -> Result<()> {
+        let off = self.block_offset(i);
+        let len = (self.block_offset(i + 1) - off) as usize;
+        STORED.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < self.max_stored {
+                s.resize(self.max_stored, 0);
+            }
+            let stored = &mut s[..len];
+            self.src.read_exact_at(stored, off, &format!("ZFile block {i}"))?;
+            let data = if self.header.verify {
+                if self.verify {
+                    self.check_crc(i, off, stored)?;
+                }
+                &stored[..len - 4]
+            } else {
+                &stored[..]
+            };
+            self.algo.decompress(data, dst).map_err(|reason| Error::Decompress {
+                file: self.src.name().to_string(),
+                block: i,
+                reason,
+            })
+        })
+    }
+
+    /// Checks the CRC of every block; fails on the first mismatch (naming the block), or if the
+    /// file has no CRCs.
+    pub fn verify_all(&self) -> Result<()> {
+        if !self.header.verify {
+            return Err(Error::format(self.src.name(), FORMAT, "the file has no block checksums to verify"));
+        }
+        let mut buf = vec![0u8; 4 << 20];
+        let mut i = 0;
+        while i < self.blocks {
+            // Read many blocks at once.
+            let start = self.block_offset(i);
+            let mut j = i;
+            while j < self.blocks && self.block_offset(j + 1) - start <= buf.len() as u64 {
+                j += 1;
+            }
+            let end = self.block_offset(j);
+            self.src.read_exact_at(&mut buf[..(end - start) as usize], start, "ZFile blocks")?;
+            for b in i..j {
+                let (o, e) = (self.block_offset(b), self.block_offset(b + 1));
+                self.check_crc(b, o, &buf[(o - start) as usize..(e - start) as usize])?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}
+
+impl ReadAt for ZFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if offset >= self.raw_size {
+            return Ok(0);
+        }
+        let len = buf.len().min((self.raw_size - offset) as usize);
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let i = pos / self.block_size;
+            let in_block = (pos - i * self.block_size) as usize;
+            let raw_len = self.raw_len(i);
+            let n = (raw_len - in_block).min(len - done);
+            if in_block == 0 && n == raw_len {
+                self.read_block(i, &mut buf[done..done + n])?;
+            } else {
+                RAW.with(|r| -> Result<()> {
+                    let mut r = r.borrow_mut();
+                    if r.len() < self.block_size as usize {
+                        r.resize(self.block_size as usize, 0);
+                    }
+                    self.read_block(i, &mut r[..raw_len])?;
+                    buf[done..done + n].copy_from_slice(&r[in_block..in_block + n]);
+                    Ok(())
+                })?;
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    fn size(&self) -> u64 {
+        self.raw_size
+    }
+
+    fn name(&self) -> &str {
+        self.src.name()
+    }
+}
