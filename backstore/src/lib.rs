@@ -17,7 +17,9 @@ pub mod io;
 pub mod lsmt;
 pub mod stack;
 pub mod tar;
+pub mod tools;
 pub mod uuid;
+pub mod wrap;
 pub mod zfile;
 
 pub use error::{Error, Result};

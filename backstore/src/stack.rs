@@ -192,3 +192,27 @@ impl BlockDevice for Stack {
         }
     }
 }
+
+impl Stack {
+    /// True if bytes `offset..offset+len` read as zeros without touching any file: no layer
+    /// maps them, or only zeroed entries do.
+    pub fn reads_zeros(&self, offset: u64, len: u64) -> bool {
+        let (start, end) = (offset / SECTOR, (offset + len).div_ceil(SECTOR));
+        let mut holes = Vec::new();
+        match &self.upper {
+            Some(u) => {
+                let mut pieces = Vec::new();
+                u.pieces(start, end, &mut pieces);
+                for p in pieces {
+                    match p {
+                        Piece::Mapped(s) if !s.zeroed => return false,
+                        Piece::Mapped(_) => {}
+                        Piece::Hole { start, end } => holes.push((start, end)),
+                    }
+                }
+            }
+            None => holes.push((start, end)),
+        }
+        holes.into_iter().all(|(s, e)| !self.lowers_have_data(s, e))
+    }
+}

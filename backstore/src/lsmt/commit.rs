@@ -42,7 +42,7 @@ pub struct CommitStats {
 
 /// Writes a committed layer holding `segs` (sorted, non-overlapping) to `out`, reading the bytes
 /// of each data entry with `read` (`buf` is `length * 512` bytes). Streams: nothing is seeked.
-pub fn write_committed<W: Write>(
+pub fn write_committed<W: Write + ?Sized>(
     segs: &[Segment],
     mut read: impl FnMut(&Segment, &mut [u8]) -> Result<()>,
     opts: &CommitOptions,
