@@ -7,6 +7,7 @@
 //! consulted first on every read.
 
 use std::path::Path;
+use std::sync::RwLock;
 
 use crate::block::BlockDevice;
 use crate::detect::open_layer_file;
@@ -21,6 +22,9 @@ pub struct Stack {
     merged: SortedIndex,
     upper: Option<WritableLayer>,
     size: u64,
+    /// Partial-block writes to a sparse upper are read-modify-write: they hold this exclusively,
+    /// other writes hold it shared.
+    rmw: RwLock<()>,
 }
 
 impl Stack {
@@ -45,7 +49,7 @@ impl Stack {
             }
             None => lower_size,
         };
-        Ok(Stack { lowers, merged, upper, size })
+        Ok(Stack { lowers, merged, upper, size, rmw: RwLock::new(()) })
     }
 
     /// Opens local layer files (any wrapping) and an optional writable layer (data, index).
@@ -144,10 +148,24 @@ impl BlockDevice for Stack {
         Ok(())
     }
 
+    /// A write to a sparse upper that covers file system blocks only partly is widened to
+    /// whole blocks filled from the current view, because after a reopen the whole block is
+    /// mapped from the upper: the sectors not written must hold what the lowers had.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let upper = self.upper.as_ref().ok_or(Error::ReadOnly)?;
         self.check(offset, buf.len() as u64)?;
-        upper.write_at(buf, offset)
+        let unit = upper.alloc_unit();
+        let end = offset + buf.len() as u64;
+        if unit <= SECTOR || (offset % unit == 0 && (end % unit == 0 || end == self.size)) {
+            let _shared = self.rmw.read().expect("rmw lock");
+            return upper.write_at(buf, offset);
+        }
+        let _exclusive = self.rmw.write().expect("rmw lock");
+        let (a, b) = (offset / unit * unit, end.div_ceil(unit).saturating_mul(unit).min(self.size));
+        let mut block = vec![0u8; (b - a) as usize];
+        self.read_at(&mut block, a)?;
+        block[(offset - a) as usize..(end - a) as usize].copy_from_slice(buf);
+        upper.write_at(&block, a)
     }
 
     /// In a sparse upper, a punched hole would let lower data show through after a reopen, so
@@ -175,7 +193,7 @@ impl BlockDevice for Stack {
                 let mut pos = s * SECTOR;
                 while pos < e * SECTOR {
                     let n = (e * SECTOR - pos).min(ZEROS as u64) as usize;
-                    upper.write_at(&zeros[..n], pos)?;
+                    self.write_at(&zeros[..n], pos)?;
                     pos += n as u64;
                 }
             } else {

@@ -82,6 +82,7 @@ pub struct WritableLayer {
     map: RwLock<IntervalMap>,
     header: RwLock<LsmtHeader>,
     log_entries: u64,
+    alloc_unit: u64,
 }
 
 fn open_file(path: &Path, write: bool) -> Result<File> {
@@ -150,6 +151,7 @@ impl WritableLayer {
         let data_size = data.metadata().map_err(|e| Error::io(&data_name, "stat", e))?.len();
         if dh.is_sparse() {
             let map = sparse_extents(&data, &data_name, data_size)?;
+            let alloc_unit = alloc_unit(&data);
             return Ok(WritableLayer {
                 kind: Kind::Sparse,
                 data,
@@ -161,6 +163,7 @@ impl WritableLayer {
                 map: RwLock::new(map),
                 header: RwLock::new(dh),
                 log_entries: 0,
+                alloc_unit,
             });
         }
         let index = open_file(index_path, writable)?;
@@ -253,7 +256,15 @@ impl WritableLayer {
             map: RwLock::new(map),
             header: RwLock::new(header),
             log_entries: kept,
+            alloc_unit: SECTOR,
         })
+    }
+
+    /// The granularity in which the data file maps bytes: a sparse layer's mapping comes from
+    /// the file system's allocation, so a write smaller than a file system block maps the whole
+    /// block after a reopen (the stack fills such blocks read-modify-write). 512 for append-only.
+    pub fn alloc_unit(&self) -> u64 {
+        self.alloc_unit
     }
 
     /// Append-only or sparse.
@@ -452,6 +463,12 @@ fn check_aligned(offset: u64, len: u64) -> Result<()> {
         return Err(Error::Unaligned { offset, len });
     }
     Ok(())
+}
+
+/// The file system block size of `f` (at least one sector, at most 64 KiB).
+fn alloc_unit(f: &File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().map(|m| m.blksize()).unwrap_or(4096).clamp(SECTOR, 65536).next_power_of_two()
 }
 
 /// Rebuilds a sparse layer's mapping from the allocated extents of its data file.
