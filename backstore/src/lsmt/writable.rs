@@ -149,6 +149,13 @@ impl WritableLayer {
             ));
         }
         let data_size = data.metadata().map_err(|e| Error::io(&data_name, "stat", e))?.len();
+        if has_seal_trailer(&data, &data_name, data_size)? {
+            return Err(Error::format(
+                &data_name,
+                FORMAT,
+                "the data file is sealed (read-only); open it as a committed layer",
+            ));
+        }
         if dh.is_sparse() {
             let map = sparse_extents(&data, &data_name, data_size)?;
             let alloc_unit = alloc_unit(&data);
@@ -463,6 +470,22 @@ fn check_aligned(offset: u64, len: u64) -> Result<()> {
         return Err(Error::Unaligned { offset, len });
     }
     Ok(())
+}
+
+/// True if the data file ends with the trailer that `seal` appends (the header is left as it
+/// was, so the trailer is the only mark of a sealed file): magic, sealed flag, and an index that
+/// ends at most one sector of padding before the trailer.
+fn has_seal_trailer(data: &File, name: &str, size: u64) -> Result<bool> {
+    if size < 2 * HEADER_SIZE {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; HEADER_SIZE as usize];
+    pread_full(data, name, &mut buf, size - HEADER_SIZE)?;
+    Ok(LsmtHeader::decode(&buf).is_some_and(|t| {
+        let index_end = t.index_offset.saturating_add(t.index_size.saturating_mul(16));
+        let trailer = size - HEADER_SIZE;
+        !t.is_header() && t.is_sealed() && index_end <= trailer && trailer - index_end <= SECTOR
+    }))
 }
 
 /// The file system block size of `f` (at least one sector, at most 64 KiB).
