@@ -80,7 +80,7 @@ impl Stack {
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
-        if offset % SECTOR != 0 || len % SECTOR != 0 {
+        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
             return Err(Error::Unaligned { offset, len });
         }
         if offset.checked_add(len).is_none_or(|e| e > self.size) {
@@ -156,7 +156,7 @@ impl BlockDevice for Stack {
         self.check(offset, buf.len() as u64)?;
         let unit = upper.alloc_unit();
         let end = offset + buf.len() as u64;
-        if unit <= SECTOR || (offset % unit == 0 && (end % unit == 0 || end == self.size)) {
+        if unit <= SECTOR || (offset.is_multiple_of(unit) && (end.is_multiple_of(unit) || end == self.size)) {
             let _shared = self.rmw.read().expect("rmw lock");
             return upper.write_at(buf, offset);
         }

@@ -160,7 +160,7 @@ fn scribble(layer: &dyn BlockDevice, model: &mut Model, rng: &mut Rng, ops: usiz
     for _ in 0..ops {
         let off = rng.next() % (SPAN / 512) * 512;
         let len = ((1 + rng.next() % 2048) * 512).min(SPAN - off);
-        if rng.next() % 5 == 0 {
+        if rng.next().is_multiple_of(5) {
             layer.discard(off, len).unwrap();
             model.discard(off, len);
         } else {

@@ -239,7 +239,7 @@ fn tools_create_commit_seal_round_trip() {
     // -t without -z is ignored, as in the reference
     let raw = p.join("raw.lsmt");
     run(Command::new(bin("overlaybd-commit")).arg("-t").arg(&d).arg(&i).arg(&raw));
-    assert!(open_layer_file(&raw).unwrap().source().size() % 512 == 0);
+    assert!(open_layer_file(&raw).unwrap().source().size().is_multiple_of(512));
     assert_eq!(&std::fs::read(&raw).unwrap()[..4], b"LSMT");
     // sparse create: data sized vsize + 4096, index empty
     let (sd, si) = (p.join("sd"), p.join("si"));

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Installs what the tools and tests need on a fresh Debian machine (idempotent; run as root or
+# with sudo available): e2fsprogs (debugfs, for the golden tests), python3 with the zstandard and
+# lz4 modules (for the independent reader obd_inspect.py), and the Rust toolchain's fmt/clippy.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+need_apt=()
+command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || [ -x /sbin/debugfs ] || need_apt+=(e2fsprogs)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+if ! python3 -c 'import zstandard, lz4' 2>/dev/null; then
+  python3 -m pip install -q zstandard lz4 2>/dev/null || python3 -m pip install -q --break-system-packages zstandard lz4
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust with rustup (https://rustup.rs) and run again" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Builds the overlaybd tools and shows them at work on the real reference layer (hello-world,
+# made by the reference convertor): inspect it, decompress it, read /hello out of its ext4, and
+# make a layer of our own that the independent reader accepts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+scripts/deps.sh
+cargo build --release --locked -p backstore
+B=target/release
+REF=backstore/tests/data/reference/hello-world-amd64-overlaybd-layer.tar
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+set -x
+$B/overlaybd-info --verify "$REF"
+$B/overlaybd-zfile -x "$REF" "$W/hello.lsmt"
+$B/overlaybd-dump "$REF" -o "$W/disk.img"
+debugfs -R "dump /hello $W/hello" "$W/disk.img" 2>/dev/null
+sha256sum "$W/hello"
+$B/overlaybd-create "$W/data" "$W/index" 1
+$B/overlaybd-commit -z -t --algorithm zstd --uuid "$(cat /proc/sys/kernel/random/uuid)" "$W/data" "$W/index" "$W/layer.tar"
+python3 backstore/tests/data/obd_inspect.py info "$W/layer.tar"
