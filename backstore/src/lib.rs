@@ -12,7 +12,9 @@
 pub mod block;
 pub mod crc;
 pub mod detect;
+pub mod device;
 pub mod error;
+pub mod frontend;
 pub mod io;
 pub mod lsmt;
 pub mod stack;

@@ -1,6 +1,7 @@
 //! The command-line tools, as library code: each submodule has the tool's arguments (with the
 //! reference's names) and its `main`. The binaries in `src/bin/` only call these.
 
+pub mod attach;
 pub mod commit;
 pub mod create;
 pub mod dump;
@@ -14,7 +15,8 @@ use std::process::ExitCode;
 
 /// Sets up logging (`--verbose` for debug) and runs a tool, printing its error chain.
 pub fn run(tool: &str, verbose: bool, f: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
-    let level = if verbose { "debug" } else { "warn" };
+    // fuser logs every request it answers on our behalf at warn; keep only its errors.
+    let level = if verbose { "debug,fuser=warn" } else { "warn,fuser=error" };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,0 +1,80 @@
+//! `overlaybd-attach [--frontend auto|tcmu|ublk|fuse-loop] CONFIG`: attaches the device a
+//! `config.v1.json` describes, prints its path as the first line of stdout, serves it in the
+//! foreground, and detaches on SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::device::{open_device, LocalSource};
+use crate::frontend::{self, fuse_loop, FrontendKind};
+
+/// Attaches an overlaybd device and serves it until SIGINT/SIGTERM.
+#[derive(Parser, Debug)]
+#[command(name = "overlaybd-attach", version, about)]
+pub struct Args {
+    /// The device's config.v1.json.
+    pub config: Option<PathBuf>,
+    /// Frontend: auto, tcmu, ublk or fuse-loop.
+    #[arg(long, default_value = "auto")]
+    pub frontend: String,
+    /// Directory for runtime state (FUSE mount points).
+    #[arg(long, default_value = "/run/overlaybd")]
+    pub run_dir: PathBuf,
+    /// Device id (default: derived from the config path).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Only remove what a crashed process left under --run-dir, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Debug logging.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// A device id from a config path: its hex-hashed absolute path.
+fn id_for(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    hex::encode(&Sha256::digest(abs.as_os_str().as_encoded_bytes())[..8])
+}
+
+/// Runs the tool.
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    if a.cleanup {
+        for what in fuse_loop::cleanup_stale(&a.run_dir) {
+            println!("{what}");
+        }
+        return Ok(());
+    }
+    let config = a.config.as_ref().context("CONFIG is required")?;
+    let kind: FrontendKind = a.frontend.parse()?;
+    // Block the signals before any thread starts, so that only sigwait below receives them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    let stack = open_device(config, &LocalSource).with_context(|| format!("opening {}", config.display()))?;
+    let id = a.id.clone().unwrap_or_else(|| id_for(config));
+    let attached = frontend::attach(kind, Arc::new(stack), &id, &a.run_dir)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", attached.device_path().display())?;
+        out.flush()?;
+    }
+    let sig = signals.wait().context("waiting for a signal")?;
+    tracing::info!(signal = ?sig, "detaching");
+    attached.detach()?;
+    Ok(())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let a = Args::parse();
+    super::run("overlaybd-attach", a.verbose, || run(&a))
+}
