@@ -7,8 +7,8 @@ use crate::io::{LocalFile, ReadAt, Window};
 use crate::lsmt::header::LsmtHeader;
 use crate::lsmt::CommittedLayer;
 use crate::tar::{self, TarPayload};
-use crate::zfile::ZFile;
-use crate::Result;
+use crate::zfile::{ZFile, ZFileHeader};
+use crate::{Error, Result};
 
 /// The kind of a file as seen from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +67,37 @@ pub fn unwrap(src: Arc<dyn ReadAt>, verify: bool) -> Result<Unwrapped> {
 
 /// Opens a read-only layer in any of its forms: LSMT, ZFile(LSMT), tar(LSMT), tar(ZFile(LSMT)).
 pub fn open_layer(src: Arc<dyn ReadAt>, verify: bool) -> Result<CommittedLayer> {
-    CommittedLayer::open(unwrap(src, verify)?.inner)
+    let u = unwrap(src, verify)?;
+    let mut head = [0u8; 512];
+    let n = u.inner.read_at(&mut head, 0)?;
+    let head = &head[..n];
+    if n >= 24 && !LsmtHeader::has_magic(head) {
+        // Say what was found instead of a bare "bad magic" of the innermost format.
+        let name = u.inner.name();
+        let reason = if u.zfile.is_some() {
+            "the ZFile's content has no LSMT magic".to_string()
+        } else if ZFileHeader::has_magic(head) {
+            let at = if u.tar.is_some() { "the start of the tar payload" } else { "offset 0" };
+            format!("ZFile magic without the header flag at {at}")
+        } else if u.tar.is_some() {
+            "the tar payload has no ZFile or LSMT magic".to_string()
+        } else if n >= 265 && &head[257..262] == b"ustar" {
+            if n < 512 {
+                return Err(Error::Truncated {
+                    file: name.into(),
+                    what: "tar header".into(),
+                    offset: 0,
+                    end: 512,
+                    size: n as u64,
+                });
+            }
+            "the tar header at 0 has a bad checksum or is not a POSIX ustar header".to_string()
+        } else {
+            "no tar, ZFile or LSMT magic at offset 0".to_string()
+        };
+        return Err(Error::format(name, "overlaybd layer", reason));
+    }
+    CommittedLayer::open(u.inner)
 }
 
 /// Opens a local layer file; ZFile block CRCs are always verified.

@@ -70,10 +70,7 @@ impl LoopDevice {
                 return Err(ioctl_err(ctl_path, "LOOP_CTL_GET_FREE"));
             }
             let path = PathBuf::from(format!("/dev/loop{n}"));
-            let dev = match wait_open(&path, flags & LO_FLAGS_READ_ONLY == 0, deadline) {
-                Ok(f) => f,
-                Err(e) => return Err(e),
-            };
+            let dev = wait_open(&path, flags & LO_FLAGS_READ_ONLY == 0, deadline)?;
             let mut info = LoopInfo64 {
                 lo_device: 0,
                 lo_inode: 0,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::header::LsmtHeader;
 use super::index::{check_sorted, SortedIndex};
 use super::segment::{decode_all, Segment};
-use super::{DATA_START_SECTOR, HEADER_SIZE};
+use super::{DATA_START_SECTOR, HEADER_SIZE, MAX_COMMITTED_ENTRIES};
 use crate::io::ReadAt;
 use crate::{Error, Result, SECTOR};
 
@@ -64,6 +64,13 @@ impl CommittedLayer {
                 &name,
                 FORMAT,
                 format!("index of {n} entries at {io} does not fit in the {size}-byte file"),
+            ));
+        }
+        if n > MAX_COMMITTED_ENTRIES {
+            return Err(Error::format(
+                &name,
+                FORMAT,
+                format!("index of {n} entries exceeds the limit of {MAX_COMMITTED_ENTRIES} entries readers accept"),
             ));
         }
         let mut raw = vec![0u8; (n * 16) as usize];

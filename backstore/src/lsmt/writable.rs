@@ -132,6 +132,7 @@ impl WritableLayer {
         let data = open_file(data_path, writable)?;
         let mut hbuf = vec![0u8; HEADER_SIZE as usize];
         let n = pread_full(&data, &data_name, &mut hbuf, 0)?;
+        check_header_len(&hbuf[..n], &data_name, "data file header")?;
         let dh = LsmtHeader::decode(&hbuf[..n])
             .ok_or_else(|| Error::format(&data_name, FORMAT, "bad magic in the data file header"))?;
         if !dh.is_header() || !dh.is_data() {
@@ -175,6 +176,7 @@ impl WritableLayer {
         }
         let index = open_file(index_path, writable)?;
         let n = pread_full(&index, &index_name, &mut hbuf, 0)?;
+        check_header_len(&hbuf[..n], &index_name, "index file header")?;
         let ih = LsmtHeader::decode(&hbuf[..n])
             .ok_or_else(|| Error::format(&index_name, FORMAT, "bad magic in the index file header"))?;
         if !ih.is_header() || ih.is_data() || ih.is_sealed() || ih.index_offset != HEADER_SIZE {
@@ -218,10 +220,20 @@ impl WritableLayer {
                 let s = Segment::decode(c.try_into().expect("16 bytes"));
                 let entry_no = kept;
                 if !s.is_padding() {
-                    let bad = s.moffset < DATA_START_SECTOR
-                        || if s.zeroed { s.moffset > data_sectors } else { s.mend() > data_sectors };
+                    if s.moffset < DATA_START_SECTOR {
+                        return Err(Error::format(
+                            &index_name,
+                            FORMAT,
+                            format!(
+                                "log entry {entry_no} maps sectors {}..{} of the data file, inside its header",
+                                s.moffset,
+                                s.mend()
+                            ),
+                        ));
+                    }
+                    let bad = if s.zeroed { s.moffset > data_sectors } else { s.mend() > data_sectors };
                     if bad {
-                        if recovery == Recovery::RollBack && s.moffset >= DATA_START_SECTOR {
+                        if recovery == Recovery::RollBack {
                             tracing::warn!(index = %index_name, entry = entry_no, dropped = entries - entry_no,
                                 "rolling back index log entries that point past the end of the data file");
                             break 'replay;
@@ -465,8 +477,23 @@ fn split(lba: u64, len: u64, max: u64) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
+/// A header read of `head.len()` bytes that shows the LSMT magic (or too little to tell) but
+/// is shorter than a header is a file cut short, not a bad magic.
+fn check_header_len(head: &[u8], name: &str, what: &str) -> Result<()> {
+    if head.len() < HEADER_SIZE as usize && (head.len() < 24 || LsmtHeader::has_magic(head)) {
+        return Err(Error::Truncated {
+            file: name.to_string(),
+            what: what.to_string(),
+            offset: 0,
+            end: HEADER_SIZE,
+            size: head.len() as u64,
+        });
+    }
+    Ok(())
+}
+
 fn check_aligned(offset: u64, len: u64) -> Result<()> {
-    if offset % SECTOR != 0 || len % SECTOR != 0 {
+    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
         return Err(Error::Unaligned { offset, len });
     }
     Ok(())

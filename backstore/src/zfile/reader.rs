@@ -1,6 +1,7 @@
 //! Random reads of a ZFile's raw content (spec §4.5, §4.6).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::codec::Algorithm;
@@ -14,10 +15,22 @@ const FORMAT: &str = "ZFile";
 /// Blocks per group of the compact offset table.
 const GROUP_SHIFT: u32 = 6;
 
+/// The last block decompressed for a partial read on this thread, so that reads smaller than a
+/// block (or straddling blocks) do not decompress the same block again and again.
+struct LastBlock {
+    /// [`ZFile::id`] of the file it came from (0: none).
+    file: u64,
+    block: u64,
+    data: Vec<u8>,
+}
+
 thread_local! {
     static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static RAW: RefCell<LastBlock> = const { RefCell::new(LastBlock { file: 0, block: 0, data: Vec::new() }) };
 }
+
+/// Source of [`ZFile::id`]s.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An open ZFile: a [`ReadAt`] over the raw (decompressed) bytes.
 pub struct ZFile {
@@ -33,6 +46,8 @@ pub struct ZFile {
     rel: Vec<u32>,
     max_stored: usize,
     verify: bool,
+    /// Unique among the ZFiles of the process (keys the per-thread block cache).
+    id: u64,
 }
 
 impl ZFile {
@@ -148,6 +163,7 @@ impl ZFile {
             max_stored,
             verify: verify && h.verify,
             header: effective,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -216,7 +232,16 @@ impl ZFile {
                 s.resize(self.max_stored, 0);
             }
             let stored = &mut s[..len];
-            self.src.read_exact_at(stored, off, &format!("ZFile block {i}"))?;
+            // Not `read_exact_at`: its description would be formatted on every read.
+            if self.src.read_at(stored, off)? < len {
+                return Err(Error::Truncated {
+                    file: self.src.name().to_string(),
+                    what: format!("ZFile block {i}"),
+                    offset: off,
+                    end: off + len as u64,
+                    size: self.src.size(),
+                });
+            }
             let data = if self.header.verify {
                 if self.verify {
                     self.check_crc(i, off, stored)?;
@@ -277,12 +302,16 @@ impl ReadAt for ZFile {
                 self.read_block(i, &mut buf[done..done + n])?;
             } else {
                 RAW.with(|r| -> Result<()> {
-                    let mut r = r.borrow_mut();
-                    if r.len() < self.block_size as usize {
-                        r.resize(self.block_size as usize, 0);
+                    let r = &mut *r.borrow_mut();
+                    if r.file != self.id || r.block != i {
+                        if r.data.len() < self.block_size as usize {
+                            r.data.resize(self.block_size as usize, 0);
+                        }
+                        r.file = 0;
+                        self.read_block(i, &mut r.data[..raw_len])?;
+                        (r.file, r.block) = (self.id, i);
                     }
-                    self.read_block(i, &mut r[..raw_len])?;
-                    buf[done..done + n].copy_from_slice(&r[in_block..in_block + n]);
+                    buf[done..done + n].copy_from_slice(&r.data[in_block..in_block + n]);
                     Ok(())
                 })?;
             }
@@ -297,5 +326,81 @@ impl ReadAt for ZFile {
 
     fn name(&self) -> &str {
         self.src.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemSource;
+    use crate::zfile::{ZFileOptions, ZFileWriter};
+
+    fn zfile(data: &[u8], name: &str) -> ZFile {
+        let mut w = ZFileWriter::new(Vec::new(), ZFileOptions::default()).unwrap();
+        w.push(data).unwrap();
+        let (out, _) = w.finish().unwrap();
+        ZFile::open(Arc::new(MemSource::new(out, name)), true).unwrap()
+    }
+
+    #[test]
+    fn partial_reads_through_the_block_cache() {
+        let a: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let b: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let (za, zb) = (zfile(&a, "a"), zfile(&b, "b"));
+        // Small sequential reads, interleaved between two files with the same block numbers.
+        for step in [512usize, 1000, 3000, 4096, 5000] {
+            let mut pos = 0;
+            while pos < a.len() {
+                let mut x = vec![0u8; step];
+                let n = za.read_at(&mut x, pos as u64).unwrap();
+                assert_eq!(&x[..n], &a[pos..pos + n]);
+                let n = zb.read_at(&mut x, pos as u64).unwrap();
+                assert_eq!(&x[..n], &b[pos..pos + n]);
+                pos += step;
+            }
+        }
+        // From another thread (its own cache).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut x = vec![0u8; 100];
+                za.read_at(&mut x, 4090).unwrap();
+                assert_eq!(x, a[4090..4190]);
+            });
+        });
+    }
+
+    #[test]
+    fn a_truncated_block_names_the_block() {
+        let data = vec![1u8; 20_000];
+        let mut w = ZFileWriter::new(Vec::new(), ZFileOptions::default()).unwrap();
+        w.push(&data).unwrap();
+        let (out, _) = w.finish().unwrap();
+        let z = ZFile::open(Arc::new(MemSource::new(out, "z")), true).unwrap();
+        let (off, end) = (z.block_offset(2), z.block_offset(3));
+        // A source that ends inside block 2.
+        let short = Window(Arc::new(MemSource::new(vec![0u8; off as usize + 1], "z")), z.src.size());
+        let z = ZFile { src: Arc::new(short), ..z };
+        let err = z.read_block(2, &mut [0u8; 4096]).unwrap_err();
+        match err {
+            Error::Truncated { what, offset, end: e, .. } => {
+                assert_eq!((what.as_str(), offset, e), ("ZFile block 2", off, end));
+            }
+            e => panic!("{e}"),
+        }
+    }
+
+    /// A source that reports a size larger than what it can read.
+    struct Window(Arc<MemSource>, u64);
+
+    impl ReadAt for Window {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+            self.0.read_at(buf, offset)
+        }
+        fn size(&self) -> u64 {
+            self.1
+        }
+        fn name(&self) -> &str {
+            self.0.name()
+        }
     }
 }
