@@ -62,6 +62,7 @@ pub fn bin(name: &str) -> PathBuf {
         "overlaybd-zfile" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-zfile")),
         "overlaybd-dump" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-dump")),
         "overlaybd-info" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-info")),
+        "overlaybd-attach" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-attach")),
         other => panic!("no binary {other}"),
     }
 }

@@ -1,0 +1,322 @@
+//! The fuse-loop frontend with real parts: `overlaybd-attach` as a process, the kernel's loop
+//! device and FUSE, `mkfs.ext4`, `mount`. Needs root, /dev/fuse and /dev/loop-control.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "the fuse-loop tests need root (loop devices, FUSE, mount)");
+}
+
+/// A running `overlaybd-attach`; killed and cleaned up on drop.
+struct Attach {
+    child: Option<Child>,
+    device: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Attach {
+    fn start(config: &Path, run_dir: &Path) -> Attach {
+        let mut child = Command::new(bin("overlaybd-attach"))
+            .args(["--frontend", "fuse-loop", "--run-dir"])
+            .arg(run_dir)
+            .arg(config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start overlaybd-attach");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut a = Attach { child: Some(child), device: PathBuf::new(), run_dir: run_dir.to_path_buf() };
+        let line = rx.recv_timeout(WAIT).expect("overlaybd-attach printed no device path in time");
+        assert!(line.starts_with("/dev/"), "first line of stdout is not a device: {line:?}");
+        a.device = PathBuf::from(line.trim());
+        a
+    }
+
+    /// SIGTERM, and the process must exit 0 in time.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = wait_timeout(&mut child, WAIT).expect("overlaybd-attach did not exit after SIGTERM");
+        assert!(status.success(), "overlaybd-attach exited with {status}");
+        assert_nothing_left(&self.run_dir);
+    }
+
+    fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        wait_timeout(&mut child, WAIT).expect("killed process did not go away");
+    }
+}
+
+impl Drop for Attach {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = Command::new(bin("overlaybd-attach")).arg("--cleanup").arg("--run-dir").arg(&self.run_dir).output();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// No loop device backed by, and no mount under, `run_dir`.
+fn assert_nothing_left(run_dir: &Path) {
+    let loops = backstore::frontend::loop_dev::attached_under(run_dir);
+    assert!(loops.is_empty(), "loop devices left behind: {loops:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(run_dir.to_str().unwrap())).collect();
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
+
+/// A mounted file system, unmounted on drop.
+struct Mount(PathBuf);
+impl Mount {
+    fn new(dev: &Path, at: &Path, ro: bool) -> Mount {
+        std::fs::create_dir_all(at).unwrap();
+        let mut c = Command::new("mount");
+        if ro {
+            c.args(["-o", "ro"]);
+        }
+        run(c.arg(dev).arg(at));
+        Mount(at.to_path_buf())
+    }
+}
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let st = Command::new("umount").arg(&self.0).status();
+        if !matches!(st, Ok(s) if s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn reference_hello_world_mounts_read_only() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.v1.json");
+    let result = dir.path().join("result");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"lowers":[{{"file":"{}"}}],"upper":{{}},"resultFile":"{}"}}"#,
+            reference("hello-world-amd64-overlaybd-layer.tar").display(),
+            result.display()
+        ),
+    )
+    .unwrap();
+    let a = Attach::start(&cfg, &dir.path().join("run"));
+    assert_eq!(std::fs::read_to_string(&result).unwrap(), "success");
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/class/block/{}/ro", a.device.file_name().unwrap().to_str().unwrap()))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    {
+        let m = Mount::new(&a.device, &dir.path().join("mnt"), true);
+        let hello = std::fs::read(m.0.join("hello")).unwrap();
+        assert_eq!(sha256(&hello), "d3f7d10e296e5c626ea78539cb38cd8dffd043bea3627da35ce3b20c0ac68014");
+    }
+    a.stop();
+}
+
+#[test]
+fn a_config_that_cannot_open_reports_failure_in_the_result_file() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.v1.json");
+    let result = dir.path().join("result");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"lowers":[{{"file":"/nonexistent/layer"}}],"resultFile":"{}"}}"#, result.display()),
+    )
+    .unwrap();
+    let out =
+        Command::new(bin("overlaybd-attach")).arg("--run-dir").arg(dir.path().join("run")).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let r = std::fs::read_to_string(&result).unwrap();
+    assert!(r.starts_with("failed:") && r.contains("/nonexistent/layer"), "{r}");
+    assert_nothing_left(&dir.path().join("run"));
+}
+
+/// Files written into `root`: (relative path, content).
+fn write_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut x = 0x1234_5678_9ABC_DEF1u64;
+    for i in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = match i % 5 {
+            0 => 0,
+            1 => (x % 100) as usize,
+            2 => (x % 70_000) as usize,
+            3 => 4096,
+            _ => (x % (3 << 20)) as usize,
+        };
+        let content: Vec<u8> = (0..size).map(|k| (k as u64 ^ x).wrapping_mul(0x9E37) as u8).collect();
+        let rel = format!("d{}/f{i}", i % 7);
+        std::fs::create_dir_all(root.join(format!("d{}", i % 7))).unwrap();
+        std::fs::write(root.join(&rel), &content).unwrap();
+        files.push((rel, content));
+    }
+    files
+}
+
+#[test]
+fn writable_device_mkfs_write_commit_and_read_back_as_a_lower() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let run_dir = p.join("run");
+    let (data, index) = (p.join("writable_data"), p.join("writable_index"));
+    run(Command::new(bin("overlaybd-create")).arg(&data).arg(&index).arg("2"));
+    let cfg = p.join("rw.json");
+    std::fs::write(&cfg, format!(r#"{{"upper":{{"data":"{}","index":"{}"}}}}"#, data.display(), index.display()))
+        .unwrap();
+    let a = Attach::start(&cfg, &run_dir);
+    run(Command::new("mkfs.ext4").arg("-q").arg(&a.device));
+    let files = {
+        let m = Mount::new(&a.device, &p.join("mnt"), false);
+        let files = write_files(&m.0);
+        // a discard through the whole stack
+        run(Command::new("fstrim").arg(&m.0));
+        files
+    };
+    a.stop();
+    let layer = p.join("layer.tar");
+    run(Command::new(bin("overlaybd-commit")).args(["-z", "-t"]).arg(&data).arg(&index).arg(&layer));
+    run(Command::new(bin("overlaybd-zfile")).arg("--verify").arg(&layer));
+    let ro = p.join("ro.json");
+    std::fs::write(&ro, format!(r#"{{"lowers":[{{"file":"{}"}}]}}"#, layer.display())).unwrap();
+    let b = Attach::start(&ro, &run_dir);
+    {
+        let m = Mount::new(&b.device, &p.join("mnt2"), true);
+        for (rel, content) in &files {
+            let got = std::fs::read(m.0.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            assert!(&got == content, "{rel} differs");
+        }
+        let mut count = 0;
+        for d in std::fs::read_dir(&m.0).unwrap() {
+            let d = d.unwrap();
+            if d.file_name() != "lost+found" {
+                count += std::fs::read_dir(d.path()).unwrap().count();
+            }
+        }
+        assert_eq!(count, files.len(), "exactly the written files");
+    }
+    b.stop();
+}
+
+#[test]
+fn sigkill_during_writes_loses_no_fsynced_data_and_cleanup_leaves_nothing() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let run_dir = p.join("run");
+    let (data, index) = (p.join("writable_data"), p.join("writable_index"));
+    run(Command::new(bin("overlaybd-create")).arg(&data).arg(&index).arg("1"));
+    let cfg = p.join("rw.json");
+    std::fs::write(&cfg, format!(r#"{{"upper":{{"data":"{}","index":"{}"}}}}"#, data.display(), index.display()))
+        .unwrap();
+    let a = Attach::start(&cfg, &run_dir);
+    run(Command::new("mkfs.ext4").arg("-q").arg(&a.device));
+    let mnt = p.join("mnt");
+    let m = Mount::new(&a.device, &mnt, false);
+    let kept: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(mnt.join("kept")).unwrap();
+        f.write_all(&kept).unwrap();
+        f.sync_all().unwrap();
+        let d = std::fs::File::open(&mnt).unwrap();
+        d.sync_all().unwrap();
+    }
+    // more writes in flight, then the server dies
+    let mut writer = Command::new("dd")
+        .arg("if=/dev/urandom")
+        .arg(format!("of={}", mnt.join("unsynced").display()))
+        .args(["bs=1M", "count=300", "status=none"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill();
+    let _ = wait_timeout(&mut writer, WAIT).expect("a writer to a dead device must not hang");
+    drop(m); // umount (lazy if the device errors)
+    std::thread::sleep(Duration::from_millis(200));
+    // the next start cleans up what the dead process left
+    let out = run(Command::new(bin("overlaybd-attach")).arg("--cleanup").arg("--run-dir").arg(&run_dir));
+    assert!(out.contains("unmounted"), "cleanup found nothing to do: {out}");
+    assert_nothing_left(&run_dir);
+    // the upper reopens; the fsync'd file is intact
+    let b = Attach::start(&cfg, &run_dir);
+    {
+        let m = Mount::new(&b.device, &p.join("mnt2"), false);
+        assert!(std::fs::read(m.0.join("kept")).unwrap() == kept, "fsync'd data lost");
+    }
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&b.device).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck after recovery: {}", String::from_utf8_lossy(&fsck.stdout));
+    b.stop();
+}
+
+#[test]
+fn io_beyond_the_end_and_on_a_vanished_layer_fails_cleanly() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let layer = p.join("layer.tar");
+    std::fs::copy(reference("hello-world-amd64-overlaybd-layer.tar"), &layer).unwrap();
+    let cfg = p.join("c.json");
+    std::fs::write(&cfg, format!(r#"{{"lowers":[{{"file":"{}"}}]}}"#, layer.display())).unwrap();
+    let a = Attach::start(&cfg, &p.join("run"));
+    // beyond the end: the kernel returns nothing, no error from us, no hang
+    let dd = Command::new("dd")
+        .arg(format!("if={}", a.device.display()))
+        .args(["of=/dev/null", "bs=4096", "count=4", "iflag=direct", "skip=16777216"])
+        .output()
+        .unwrap();
+    assert!(dd.status.success(), "{dd:?}");
+    // the layer file is truncated underneath: reads of lost data give I/O errors, not hangs
+    std::fs::OpenOptions::new().write(true).open(&layer).unwrap().set_len(4096).unwrap();
+    let dd = Command::new("dd")
+        .arg(format!("if={}", a.device.display()))
+        .args(["of=/dev/null", "bs=1M", "count=8", "iflag=direct"])
+        .output()
+        .unwrap();
+    assert!(!dd.status.success(), "reading a vanished layer succeeded");
+    assert!(
+        String::from_utf8_lossy(&dd.stderr).contains("Input/output error"),
+        "{}",
+        String::from_utf8_lossy(&dd.stderr)
+    );
+    a.stop();
+}
