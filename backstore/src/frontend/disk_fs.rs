@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr,
     Request, WriteFlags,
 };
@@ -64,6 +64,17 @@ impl DiskFs {
 }
 
 impl Filesystem for DiskFs {
+    /// Lets the kernel keep many requests in flight (the loop device above submits up to its
+    /// queue depth at once) and send large ones.
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Without async direct I/O the kernel completes the loop device's requests one by one.
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        let _ = config.set_max_background(256);
+        let _ = config.set_congestion_threshold(192);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent == INodeNo::ROOT && name == DISK_NAME {
             reply.entry(&TTL, &self.attr(DISK_INO), Generation(0));
