@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds the overlaybd tools and shows them at work on the real reference layer (hello-world,
 # made by the reference convertor): inspect it, decompress it, read /hello out of its ext4, and
-# make a layer of our own that the independent reader accepts.
+# serve it as a real disk and mount it, and make a layer of our own that the independent reader
+# accepts. Needs root (loop devices, FUSE, mount).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -17,6 +18,14 @@ $B/overlaybd-zfile -x "$REF" "$W/hello.lsmt"
 $B/overlaybd-dump "$REF" -o "$W/disk.img"
 debugfs -R "dump /hello $W/hello" "$W/disk.img" 2>/dev/null
 sha256sum "$W/hello"
+# the same image as a real disk (fuse-loop), mounted read-only
+printf '{"lowers":[{"file":"%s"}],"resultFile":"%s"}' "$PWD/$REF" "$W/result" > "$W/config.v1.json"
+$B/overlaybd-attach --frontend fuse-loop --run-dir "$W/run" "$W/config.v1.json" > "$W/attach.out" &
+APID=$!
+for _ in $(seq 100); do DEV=$(head -1 "$W/attach.out" 2>/dev/null || true); [ -b "${DEV:-/x}" ] && break; sleep 0.1; done
+mkdir -p "$W/mnt" && mount -o ro "$DEV" "$W/mnt"
+sha256sum "$W/mnt/hello"
+umount "$W/mnt"; kill -TERM $APID; wait $APID
 $B/overlaybd-create "$W/data" "$W/index" 1
 $B/overlaybd-commit -z -t --algorithm zstd --uuid "$(cat /proc/sys/kernel/random/uuid)" "$W/data" "$W/index" "$W/layer.tar"
 python3 backstore/tests/data/obd_inspect.py info "$W/layer.tar"
