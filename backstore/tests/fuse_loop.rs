@@ -192,17 +192,23 @@ fn write_files(root: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// A new writable layer of `gib` GiB in `p` and a config with it as the upper: (data, index, config).
+fn writable_config(p: &Path, gib: u32) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, index) = (p.join("writable_data"), p.join("writable_index"));
+    run(Command::new(bin("overlaybd-create")).arg(&data).arg(&index).arg(gib.to_string()));
+    let cfg = p.join("rw.json");
+    std::fs::write(&cfg, format!(r#"{{"upper":{{"data":"{}","index":"{}"}}}}"#, data.display(), index.display()))
+        .unwrap();
+    (data, index, cfg)
+}
+
 #[test]
 fn writable_device_mkfs_write_commit_and_read_back_as_a_lower() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let run_dir = p.join("run");
-    let (data, index) = (p.join("writable_data"), p.join("writable_index"));
-    run(Command::new(bin("overlaybd-create")).arg(&data).arg(&index).arg("2"));
-    let cfg = p.join("rw.json");
-    std::fs::write(&cfg, format!(r#"{{"upper":{{"data":"{}","index":"{}"}}}}"#, data.display(), index.display()))
-        .unwrap();
+    let (data, index, cfg) = writable_config(p, 2);
     let a = Attach::start(&cfg, &run_dir);
     run(Command::new("mkfs.ext4").arg("-q").arg(&a.device));
     let files = {
@@ -243,11 +249,7 @@ fn sigkill_during_writes_loses_no_fsynced_data_and_cleanup_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let run_dir = p.join("run");
-    let (data, index) = (p.join("writable_data"), p.join("writable_index"));
-    run(Command::new(bin("overlaybd-create")).arg(&data).arg(&index).arg("1"));
-    let cfg = p.join("rw.json");
-    std::fs::write(&cfg, format!(r#"{{"upper":{{"data":"{}","index":"{}"}}}}"#, data.display(), index.display()))
-        .unwrap();
+    let (_, _, cfg) = writable_config(p, 1);
     let a = Attach::start(&cfg, &run_dir);
     run(Command::new("mkfs.ext4").arg("-q").arg(&a.device));
     let mnt = p.join("mnt");
