@@ -31,6 +31,22 @@
 //! unrolled for the tree's shape.
 //!
 //! Only `upper_bound(u64::MAX)` could count padding keys, so it is answered up front.
+//!
+//! # Compact layout (large trees)
+//!
+//! From [`COMPACT_MIN`] keys, where the plain tree no longer fits the caches close to the core,
+//! the bottom layers are **compact** when the keys allow it: a compact node is 16 `u32` offsets
+//! (one cache line, one 16-lane compare) from the first key under it. A leaf holds 16 keys; an
+//! internal compact node holds the first key under each of its 16 children (the first offset is
+//! 0). The base of a node is carried down: it is the parent's first key under the chosen child.
+//! Above the compact layers, `u64` nodes of 8 keys hold the first key under each of their 8
+//! children, so that the lowest of them gives the base of the top compact node. Leaves take half
+//! the bytes of plain ones, and 16-way compact nodes save layers. If any leaf's keys span
+//! `2^32 - 1` or more, the plain layout is used; compact internal layers stop at the first one
+//! whose nodes do not fit. Compact trees answer queries below the smallest key up front.
+//!
+//! Node arrays of at least 2 MiB go in huge pages (`MADV_HUGEPAGE`) when rounding them up stays
+//! within 1.2 times 8 bytes per key: fewer TLB misses on the random accesses.
 
 use std::fmt;
 
@@ -51,6 +67,11 @@ const FLIP: u64 = 1 << 63;
 /// The padding key, flipped: the largest `i64`, i.e. `u64::MAX`.
 const PAD: i64 = i64::MAX;
 
+/// Fewest keys for the compact layout: below, the plain one (faster while it fits the caches
+/// close to the core) is used.
+const COMPACT_MIN: usize = 1 << 19;
+/// Most bytes of nodes per key (the keys plus a fifth) once rounded up to huge pages.
+const BUDGET: usize = 8 * 12 / 10;
 /// Keys per compact node: 16 `u32` offsets, one cache line.
 const CB: usize = 16;
 /// Children per u64 node of the compact layout (its first key is the first key under its first
@@ -100,6 +121,87 @@ struct Node([i64; B]);
 
 const _: () = assert!(std::mem::size_of::<Node>() == B * 8 && std::mem::align_of::<Node>() == 64);
 const _: () = assert!(B.is_multiple_of(CHUNK) && MAX_ROOT.is_multiple_of(B));
+
+/// Nodes in memory: a plain allocation, or for large trees one of whole 2 MiB huge pages (asked
+/// of the kernel with `MADV_HUGEPAGE`), so that the lookups' random accesses miss the TLB less.
+struct Lines {
+    ptr: std::ptr::NonNull<Node>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+/// Size of a huge page.
+const HUGE: usize = 2 << 20;
+
+impl Lines {
+    /// `len` nodes of padding keys, in huge pages if they take at least one and rounding them up
+    /// to whole huge pages stays within `budget` bytes.
+    fn new(len: usize, budget: usize) -> Self {
+        let bytes = len * std::mem::size_of::<Node>();
+        let huge = cfg!(target_os = "linux") && bytes >= HUGE && bytes.div_ceil(HUGE) * HUGE <= budget;
+        let layout = if huge {
+            std::alloc::Layout::from_size_align(bytes.div_ceil(HUGE) * HUGE, HUGE)
+        } else {
+            std::alloc::Layout::array::<Node>(len)
+        }
+        .expect("node array too large");
+        if layout.size() == 0 {
+            return Lines { ptr: std::ptr::NonNull::dangling(), len: 0, layout };
+        }
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw.cast::<Node>()) else { std::alloc::handle_alloc_error(layout) };
+        #[cfg(target_os = "linux")]
+        if huge {
+            // SAFETY: the range is the allocation just made, 2 MiB-aligned; the advice only
+            // changes how the kernel backs it (if it fails, small pages remain).
+            unsafe { nix::libc::madvise(raw.cast(), layout.size(), nix::libc::MADV_HUGEPAGE) };
+        }
+        for i in 0..len {
+            // SAFETY: node `i < len` is inside the allocation, suitably aligned.
+            unsafe { ptr.as_ptr().add(i).write(Node([PAD; B])) };
+        }
+        Lines { ptr, len, layout }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if self.layout.size() == 0 {
+            return;
+        }
+        // SAFETY: allocated in `Lines::new` with this layout; `Node` needs no drop.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) }
+    }
+}
+
+impl Clone for Lines {
+    fn clone(&self) -> Self {
+        let mut c = Lines::new(self.len, self.layout.size());
+        c.copy_from_slice(self);
+        c
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [Node];
+    fn deref(&self) -> &[Node] {
+        // SAFETY: `len` initialised nodes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [Node] {
+        // SAFETY: `len` initialised nodes owned by `self`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: `Lines` owns its nodes (plain data) like a `Vec<Node>`.
+unsafe impl Send for Lines {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for Lines {}
 
 /// Position of the first key greater than a query.
 ///
@@ -343,7 +445,7 @@ pub struct EndSearch {
     /// The first key of each leaf (compact layout, for `upper_bound_binary`).
     leaf_first: Vec<u64>,
     /// The root, then the layers from the top down.
-    nodes: Vec<Node>,
+    nodes: Lines,
     kernel: Kernel,
     /// `kernel.search(root, height)`.
     search: SearchFn,
@@ -359,7 +461,7 @@ impl Default for EndSearch {
             compact: 0,
             first: 0,
             leaf_first: Vec::new(),
-            nodes: Vec::new(),
+            nodes: Lines::new(0, 0),
             kernel: Kernel::Scalar,
             search: search_empty,
         }
@@ -387,7 +489,8 @@ impl EndSearch {
 
     /// Builds the structure searched by `kernel`, which the CPU must run.
     fn with_kernel(keys: &[u64], kernel: Kernel) -> Self {
-        Self::compact(keys, kernel).unwrap_or_else(|| Self::plain(keys, kernel))
+        let compact = if keys.len() >= COMPACT_MIN { Self::compact(keys, kernel) } else { None };
+        compact.unwrap_or_else(|| Self::plain(keys, kernel))
     }
 
     /// The compact layout, if every leaf's keys span less than [`MAX_OFF`].
@@ -433,14 +536,14 @@ impl EndSearch {
             s.offsets[h] = at;
             at += sizes[h];
         }
-        s.nodes = vec![Node([PAD; B]); at];
+        s.nodes = Lines::new(at, n.saturating_mul(BUDGET));
         // The first key under each node of `layer` (`i64::MAX` past the last one), flipped.
         let first = |layer: usize, k: usize| keys.get(k.saturating_mul(spans[layer])).map_or(PAD, |&key| flip(key));
         for (k, slot) in s.nodes[..s.offsets[height - 1]].iter_mut().flat_map(|n| n.0.iter_mut()).enumerate() {
             *slot = first(height - 1, k);
         }
-        for h in compact..height {
-            for (k, node) in s.nodes[s.offsets[h]..s.offsets[h] + sizes[h]].iter_mut().enumerate() {
+        for (h, &size) in sizes.iter().enumerate().skip(compact) {
+            for (k, node) in s.nodes[s.offsets[h]..s.offsets[h] + size].iter_mut().enumerate() {
                 for (i, slot) in node.0.iter_mut().enumerate() {
                     *slot = first(h - 1, k * WIDE + i);
                 }
@@ -491,7 +594,7 @@ impl EndSearch {
             s.offsets[h] = at;
             at += sizes[h];
         }
-        s.nodes = vec![Node([PAD; B]); at];
+        s.nodes = Lines::new(at, n.saturating_mul(BUDGET));
 
         // The first key under each top node but the first, `B` to a node.
         let top_span = spans[s.height - 1];
@@ -574,7 +677,7 @@ impl EndSearch {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{descend, descend_compact, flip, EndSearch, CHUNK, CB};
+    use super::{descend, descend_compact, flip, EndSearch, CB, CHUNK};
     use std::arch::x86_64::*;
 
     /// The AVX-512 [`SearchFn`](super::SearchFn): one compare into a mask per 8 keys.
@@ -724,8 +827,9 @@ mod tests {
         for &k in keys {
             queries.extend([k, k.wrapping_sub(1), k.wrapping_add(1)]);
         }
-        for kernel in kernels() {
-            let s = EndSearch::with_kernel(keys, kernel);
+        let layouts = |kernel| [EndSearch::compact(keys, kernel), Some(EndSearch::plain(keys, kernel))];
+        for s in kernels().into_iter().flat_map(layouts).flatten() {
+            let kernel = (s.kernel, s.compact);
             assert_eq!(s.len(), keys.len());
             assert_eq!(s.is_empty(), keys.is_empty());
             for &q in &queries {
@@ -812,7 +916,7 @@ mod tests {
         let shapes: std::collections::BTreeSet<(usize, usize)> = sizes()
             .into_iter()
             .map(|n| {
-                let s = EndSearch::new(&vec![7; n]);
+                let s = EndSearch::plain(&vec![7; n], Kernel::Scalar);
                 (s.root, s.height)
             })
             .collect();
@@ -822,6 +926,78 @@ mod tests {
             for height in 1..=3 {
                 assert!(shapes.contains(&(root, height)), "no test size gives root {root}, height {height}");
             }
+        }
+    }
+
+    /// Keys `step` apart, with a jump of `jump` every `every` keys.
+    fn jumpy(n: usize, step: u64, every: usize, jump: u64) -> Vec<u64> {
+        let mut k = 5u64;
+        (0..n)
+            .map(|i| {
+                k += step + if i % every == every - 1 { jump } else { 0 };
+                k
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compact_layout_falls_back_where_offsets_do_not_fit() {
+        // Leaves spanning 2^32 or more: the plain layout.
+        for n in [17, 1000, 5000] {
+            let keys = jumpy(n, 3, 10, 1 << 32);
+            assert!(EndSearch::compact(&keys, Kernel::Scalar).is_none());
+            check(&keys);
+            let keys = jumpy(n, 3, 16, MAX_OFF - 200);
+            assert!(EndSearch::compact(&keys, Kernel::Scalar).is_some());
+            check(&keys);
+        }
+        // Leaves that fit, internal nodes that do not: `u64` layers above fewer compact ones.
+        let mut shapes = std::collections::BTreeSet::new();
+        for (n, every) in [(600, 16), (5000, 16), (5000, 256), (70_000, 256), (70_000, 4096), (9000, 300)] {
+            let keys = jumpy(n, 1000, every, 1 << 31);
+            let s = EndSearch::compact(&keys, Kernel::Scalar).expect("leaves fit");
+            shapes.insert((s.compact, s.height, s.root > 0));
+            check(&keys);
+        }
+        assert!(shapes.iter().any(|&(c, h, _)| c == 1 && h > 1), "{shapes:?}");
+        assert!(shapes.iter().any(|&(c, h, _)| c > 1 && h > c), "{shapes:?}");
+        // Near the top of the range, with duplicates.
+        let keys: Vec<u64> = (0..3000u64).map(|i| u64::MAX - 3 * (2999 - i) / 4 * (1 << 20)).collect();
+        assert!(EndSearch::compact(&keys, Kernel::Scalar).is_some());
+        check(&keys);
+    }
+
+    #[test]
+    fn compact_layout_covers_every_shape() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in sizes().into_iter().chain([16 * 32 * 16, 16 * 33 * 16 + 1, 16 * 16 * 33]) {
+            if let Some(s) = EndSearch::compact(&vec![7; n], Kernel::Scalar) {
+                shapes.insert((s.root, s.compact, s.height));
+            }
+        }
+        assert!(shapes.contains(&(0, 1, 1)), "{shapes:?}");
+        for root in 1..=MAX_ROOT / CHUNK {
+            assert!(shapes.iter().any(|&(r, c, _)| r == root && c == 1), "{shapes:?}");
+            assert!(shapes.iter().any(|&(r, c, _)| r == root && c == 2), "{shapes:?}");
+        }
+        assert!(shapes.iter().any(|&(_, c, _)| c == 3), "{shapes:?}");
+    }
+
+    #[test]
+    fn large_trees_and_their_clones_agree() {
+        // Large enough for the compact layout in huge pages.
+        let keys = jumpy(COMPACT_MIN + 12345, 7, 5, 1000);
+        let s = EndSearch::new(&keys);
+        assert!(s.compact > 0);
+        let c = s.clone();
+        for q in (0..keys[keys.len() - 1] + 20).step_by(997).chain([0, 5, 12, u64::MAX, u64::MAX - 1]) {
+            let want = keys.partition_point(|&k| k <= q);
+            assert_eq!(s.upper_bound(q), want, "q={q}");
+            assert_eq!(c.upper_bound(q), want, "clone q={q}");
+            assert_eq!(c.upper_bound_binary(q), want, "binary q={q}");
+        }
+        for &k in keys.iter().step_by(101) {
+            assert_eq!(s.upper_bound(k), keys.partition_point(|&x| x <= k));
         }
     }
 
@@ -838,7 +1014,12 @@ mod tests {
     #[test]
     fn memory_stays_close_to_the_keys() {
         let keys: Vec<u64> = (0..100_000u64).map(|i| i * 8).collect();
+        for s in [EndSearch::new(&keys), EndSearch::compact(&keys, Kernel::Scalar).unwrap()] {
+            assert!(s.nodes.layout.size() + s.leaf_first.len() * 8 < keys.len() * 8 * 12 / 10);
+        }
+        let keys: Vec<u64> = (0..2 * COMPACT_MIN as u64).map(|i| i * 8).collect();
         let s = EndSearch::new(&keys);
-        assert!(s.nodes.len() * B * 8 < keys.len() * 8 * 12 / 10);
+        assert!(s.compact > 0);
+        assert!(s.nodes.layout.size() + s.leaf_first.len() * 8 < keys.len() * 8 * 12 / 10);
     }
 }
