@@ -38,12 +38,17 @@
 //! the bottom layers are **compact** when the keys allow it: a compact node is 16 `u32` offsets
 //! (one cache line, one 16-lane compare) from the first key under it. A leaf holds 16 keys; an
 //! internal compact node holds the first key under each of its 16 children (the first offset is
-//! 0). The base of a node is carried down: it is the parent's first key under the chosen child.
-//! Above the compact layers, `u64` nodes of 8 keys hold the first key under each of their 8
-//! children, so that the lowest of them gives the base of the top compact node. Leaves take half
-//! the bytes of plain ones, and 16-way compact nodes save layers. If any leaf's keys span
-//! `2^32 - 1` or more, the plain layout is used; compact internal layers stop at the first one
-//! whose nodes do not fit. Compact trees answer queries below the smallest key up front.
+//! 0). Offsets are plain `u32`s (`u32::MAX` for missing children and keys), compared unsigned.
+//! The query is turned into an offset once, from the base of the top compact node and clamped to
+//! `2^32 - 2`, then carried down: the offset of the chosen child is subtracted from it, in the
+//! vector register it is compared in. Above the compact layers, `u64` nodes of 8 keys hold the
+//! first key under each of their 8 children, so that the lowest of them gives the base of the top
+//! compact node. Leaves take half the bytes of plain ones, and 16-way compact nodes save layers.
+//! If any leaf's keys span `2^32 - 1` or more, the plain layout is used; compact internal layers
+//! stop at the first one where the keys under some node span that much (which keeps the clamped
+//! query offset right all the way down). Compact trees answer queries below the smallest key up
+//! front. As for the plain layout, the descent is unrolled for the tree's shape (root chunks and
+//! compact layers), picked when the structure is built.
 //!
 //! Node arrays of at least 2 MiB go in huge pages (`MADV_HUGEPAGE`) when rounding them up stays
 //! within 1.2 times 8 bytes per key: fewer TLB misses on the random accesses.
@@ -68,8 +73,9 @@ const FLIP: u64 = 1 << 63;
 const PAD: i64 = i64::MAX;
 
 /// Fewest keys for the compact layout: below, the plain one (faster while it fits the caches
-/// close to the core) is used.
-const COMPACT_MIN: usize = 1 << 19;
+/// close to the core) is used. Measured (AVX-512): plain faster at 10 000 keys (186 against 143 M
+/// lookups/s), compact faster at 100 000 (about 113 against 98).
+const COMPACT_MIN: usize = 1 << 16;
 /// Most bytes of nodes per key (the keys plus a fifth) once rounded up to huge pages.
 const BUDGET: usize = 8 * 12 / 10;
 /// Keys per compact node: 16 `u32` offsets, one cache line.
@@ -80,10 +86,8 @@ const WIDE: usize = B;
 /// The largest offset a compact node stores, and the largest query offset compared with it.
 /// `u32::MAX` is the padding, which no clamped query offset reaches.
 const MAX_OFF: u64 = u32::MAX as u64 - 1;
-/// Flipping the top bit of a `u32` maps unsigned order onto signed order.
-const FLIP32: u32 = 1 << 31;
-/// The padding offset, flipped.
-const PAD32: i32 = i32::MAX;
+/// The padding offset.
+const PAD32: u32 = u32::MAX;
 
 #[inline(always)]
 fn flip(key: u64) -> i64 {
@@ -95,23 +99,17 @@ fn unflip(key: i64) -> u64 {
     key as u64 ^ FLIP
 }
 
-/// An offset, flipped.
+/// The query offset `q - base` (`q >= base`), clamped to [`MAX_OFF`].
 #[inline(always)]
-fn flip32(off: u32) -> i32 {
-    (off ^ FLIP32) as i32
+fn query32(q: u64, base: u64) -> u32 {
+    (q - base).min(MAX_OFF) as u32
 }
 
-/// The query offset `q - base` (`q >= base`), clamped to [`MAX_OFF`] and flipped.
-#[inline(always)]
-fn query32(q: u64, base: u64) -> i32 {
-    flip32((q - base).min(MAX_OFF) as u32)
-}
-
-/// A compact node of 16 flipped offsets, as a [`Node`].
-fn pack32(offs: [i32; CB]) -> Node {
-    // SAFETY: `[i32; 16]` and `[i64; 8]` have the same size (64 bytes), and every bit pattern is
+/// A compact node of 16 offsets, as a [`Node`].
+fn pack32(offs: [u32; CB]) -> Node {
+    // SAFETY: `[u32; 16]` and `[i64; 8]` have the same size (64 bytes), and every bit pattern is
     // valid for both.
-    Node(unsafe { std::mem::transmute::<[i32; CB], [i64; B]>(offs) })
+    Node(unsafe { std::mem::transmute::<[u32; CB], [i64; B]>(offs) })
 }
 
 /// One node: 8 flipped keys, one cache line.
@@ -247,6 +245,43 @@ macro_rules! pick {
     }};
 }
 
+/// The compact [`SearchFn`]s of one kernel for `R` root chunks and `1..=MAX_HEIGHT` compact
+/// layers.
+macro_rules! by_compact {
+    ($($f:ident)::+, $r:literal) => {{
+        let t: [SearchFn; MAX_HEIGHT] = [
+            $($f)::+::<$r, 1>,
+            $($f)::+::<$r, 2>,
+            $($f)::+::<$r, 3>,
+            $($f)::+::<$r, 4>,
+            $($f)::+::<$r, 5>,
+            $($f)::+::<$r, 6>,
+            $($f)::+::<$r, 7>,
+            $($f)::+::<$r, 8>,
+            $($f)::+::<$r, 9>,
+            $($f)::+::<$r, 10>,
+            $($f)::+::<$r, 11>,
+            $($f)::+::<$r, 12>,
+        ];
+        t
+    }};
+}
+
+/// The compact [`SearchFn`] of one kernel for `root` chunks of root keys and `compact` layers.
+macro_rules! pick_compact {
+    ($($f:ident)::+, $root:expr, $compact:expr) => {{
+        let table = match $root {
+            0 => by_compact!($($f)::+, 0),
+            1 => by_compact!($($f)::+, 1),
+            2 => by_compact!($($f)::+, 2),
+            3 => by_compact!($($f)::+, 3),
+            4 => by_compact!($($f)::+, 4),
+            r => unreachable!("root of {r} chunks"),
+        };
+        table[$compact - 1]
+    }};
+}
+
 /// How a node is searched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Kernel {
@@ -276,14 +311,15 @@ impl Kernel {
         Kernel::Scalar
     }
 
-    /// The search function of this kernel for a compact tree.
-    fn search_compact(self) -> SearchFn {
+    /// The search function of this kernel for a compact tree with `root` chunks of root keys
+    /// (0: none) over `compact` compact layers (at least 1).
+    fn search_compact(self, root: usize, compact: usize) -> SearchFn {
         match self {
-            Kernel::Scalar => search_compact_scalar,
+            Kernel::Scalar => pick_compact!(search_compact_scalar, root, compact),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::search_compact_avx2,
+            Kernel::Avx2 => pick_compact!(x86::search_compact_avx2, root, compact),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => x86::search_compact_avx512,
+            Kernel::Avx512 => pick_compact!(x86::search_compact_avx512, root, compact),
         }
     }
 
@@ -347,34 +383,43 @@ unsafe fn search_scalar<const R: usize, const H: usize>(s: &EndSearch, q: u64) -
     unsafe { descend::<R, H>(s, count) }
 }
 
-/// The descent through a compact tree, with `count64(keys, chunks, q)` the number of the
-/// `8 * chunks` flipped keys at `keys` that are `<=` the flipped query `q`, and `count32(offs, t)`
-/// the number of the 16 flipped offsets at `offs` that are `<=` the flipped query offset `t`.
+/// The descent through a compact tree of `R` root chunks over `C` compact layers, with
+/// `count64(keys, chunks, q)` the number of the `8 * chunks` flipped keys at `keys` that are `<=`
+/// the flipped query `q`; `splat(t)` the query offset `t` as the kernel holds it (`V`: a vector
+/// of 16 copies, or `t` itself); `count32(offs, t)` the number of the 16 offsets at `offs` that
+/// are `<=` the query offset `t`; and `sub(t, off)` the query offset `t` less the offset at `off`.
+///
+/// Once clamped at the top compact layer, the query offset is carried down by subtracting the
+/// offset of the chosen child: no dependent scalar load, no clamp and no broadcast from a general
+/// register per layer. That is exact where `q - base` fits, and otherwise still at least every
+/// offset under the node, because all the keys under a compact node fit offsets from its first.
 ///
 /// # Safety
-/// `s` must be compact (`s.compact > 0`) and the query must be at least `s.first`.
+/// `s` must be compact with that shape (`s.root == R`, `s.compact == C`) and the query must be at
+/// least `s.first`.
 #[inline(always)]
-unsafe fn descend_compact(
+unsafe fn descend_compact<const R: usize, const C: usize, V: Copy>(
     s: &EndSearch,
     q: u64,
     count64: impl Fn(*const i64, usize, i64) -> usize,
-    count32: impl Fn(*const i32, i32) -> usize,
+    splat: impl Fn(u32) -> V,
+    count32: impl Fn(*const u32, V) -> usize,
+    sub: impl Fn(V, *const u32) -> V,
 ) -> usize {
-    debug_assert!(s.compact > 0 && q >= s.first);
+    debug_assert!(s.compact == C && s.root == R && q >= s.first);
     let base = s.nodes.as_ptr();
     let qf = flip(q);
     let (mut k, mut b) = (0, s.first);
-    let mut h = s.height;
-    if s.root > 0 {
+    if R > 0 {
         // The root holds the first key under each top node; the first one is `s.first <= q`.
-        let c = count64(base.cast::<i64>(), s.root, qf);
+        let c = count64(base.cast::<i64>(), R, qf);
         k = c - 1;
-        if h == s.compact {
-            // SAFETY: `k` is below the number of root keys, all inside `s.nodes`.
-            b = unflip(unsafe { *base.cast::<i64>().add(k) });
-        }
+        // SAFETY: `k` is below the number of root keys, all inside `s.nodes`.
+        b = unflip(unsafe { *base.cast::<i64>().add(k) });
     }
-    while h > s.compact {
+    // `u64` layers above the compact ones: only where internal compact nodes did not fit.
+    let mut h = s.height;
+    while h > C {
         h -= 1;
         // SAFETY: node `k` of layer `h` exists: it is the top node (no root) or the child chosen
         // by counting the keys `<=` the query in its parent, whose keys are the first keys under
@@ -382,32 +427,33 @@ unsafe fn descend_compact(
         // the query (by induction from `q >= s.first`).
         let node = unsafe { base.add(s.offsets[h] + k) }.cast::<i64>();
         let c = count64(node, 1, qf);
-        if h == s.compact {
-            // SAFETY: `c - 1 < 8`: a key of `node`.
-            b = unflip(unsafe { *node.add(c - 1) });
-        }
+        // SAFETY: `c - 1 < 8`: a key of `node`.
+        b = unflip(unsafe { *node.add(c - 1) });
         k = k * WIDE + c - 1;
     }
+    let mut t = splat(query32(q, b));
+    let mut h = C;
     while h > 1 {
         h -= 1;
-        // SAFETY: as above; the offsets are from `b`, the first key under the node, which is
-        // `<= q`, and missing children have the offset `u32::MAX`, never counted.
-        let node = unsafe { base.add(s.offsets[h] + k) }.cast::<i32>();
-        let c = count32(node, query32(q, b));
-        // SAFETY: `c - 1 < 16`: an offset of `node`.
-        b += (unsafe { *node.add(c - 1) } as u32 ^ FLIP32) as u64;
+        // SAFETY: as above; the offsets are from the first key under the node, which is `<= q`,
+        // `t` is at least as large as an offset exactly when that key is `<= q` (see above), and
+        // missing children have the offset `u32::MAX`, above any `t <= MAX_OFF`, never counted.
+        let node = unsafe { base.add(s.offsets[h] + k) }.cast::<u32>();
+        let c = count32(node, t);
+        // SAFETY: `c - 1 < 16`: an offset of `node`, `<= t`.
+        t = sub(t, unsafe { node.add(c - 1) });
         k = k * CB + c - 1;
     }
     // SAFETY: as above, for the leaf layer.
-    let node = unsafe { base.add(s.offsets[0] + k) }.cast::<i32>();
-    k * CB + count32(node, query32(q, b))
+    let node = unsafe { base.add(s.offsets[0] + k) }.cast::<u32>();
+    k * CB + count32(node, t)
 }
 
 /// The portable compact [`SearchFn`].
 ///
 /// # Safety
 /// See [`SearchFn`].
-unsafe fn search_compact_scalar(s: &EndSearch, q: u64) -> usize {
+unsafe fn search_compact_scalar<const R: usize, const C: usize>(s: &EndSearch, q: u64) -> usize {
     if q < s.first {
         return 0;
     }
@@ -416,13 +462,16 @@ unsafe fn search_compact_scalar(s: &EndSearch, q: u64) -> usize {
         let keys = unsafe { std::slice::from_raw_parts(keys, chunks * CHUNK) };
         keys.partition_point(|&k| k <= q)
     };
-    let count32 = |offs: *const i32, t: i32| {
+    let count32 = |offs: *const u32, t: u32| {
         // SAFETY: `descend_compact` passes 16 offsets inside `s.nodes`.
         let offs = unsafe { std::slice::from_raw_parts(offs, CB) };
         offs.partition_point(|&o| o <= t)
     };
-    // SAFETY: `search_compact_scalar` is only used for compact trees, and `q >= s.first`.
-    unsafe { descend_compact(s, q, count64, count32) }
+    // SAFETY: `descend_compact` passes an offset inside `s.nodes`, `<= t`.
+    let sub = |t: u32, off: *const u32| t - unsafe { *off };
+    // SAFETY: the caller keeps the contract of `SearchFn`: a compact tree of this shape, and
+    // `q >= s.first`.
+    unsafe { descend_compact::<R, C, u32>(s, q, count64, |t| t, count32, sub) }
 }
 
 /// A static search structure over sorted `u64` keys.
@@ -447,7 +496,7 @@ pub struct EndSearch {
     /// The root, then the layers from the top down.
     nodes: Lines,
     kernel: Kernel,
-    /// `kernel.search(root, height)`.
+    /// `kernel.search(root, height)`, or `kernel.search_compact(root, compact)`.
     search: SearchFn,
 }
 
@@ -509,11 +558,11 @@ impl EndSearch {
             return None;
         }
         while sizes[sizes.len() - 1] > MAX_ROOT {
-            let (below, child) = (sizes[sizes.len() - 1], spans[spans.len() - 1]);
-            let size = below.div_ceil(CB);
-            let span = child.saturating_mul(CB);
-            // Node `k`'s offsets run to the first key under its last child.
-            if !(0..size).all(|k| fits(k * span, (k * CB + CB - 1).min(below - 1) * child)) {
+            let size = sizes[sizes.len() - 1].div_ceil(CB);
+            let span = spans[spans.len() - 1].saturating_mul(CB);
+            // Every key under node `k` must fit an offset from its first key, so that a query
+            // offset clamped at the top compact layer stays exact enough all the way down.
+            if !(0..size).all(|k| fits(k * span, (k + 1).saturating_mul(span).min(n) - 1)) {
                 break;
             }
             sizes.push(size);
@@ -556,13 +605,13 @@ impl EndSearch {
             for (k, node) in s.nodes[s.offsets[h]..s.offsets[h] + sizes[h]].iter_mut().enumerate() {
                 let base = keys[k * spans[h]];
                 let offs = std::array::from_fn(|i| {
-                    keys.get((k * CB + i).saturating_mul(child)).map_or(PAD32, |&key| flip32((key - base) as u32))
+                    keys.get((k * CB + i).saturating_mul(child)).map_or(PAD32, |&key| (key - base) as u32)
                 });
                 *node = pack32(offs);
             }
         }
         s.leaf_first = (0..sizes[0]).map(|j| keys[j * CB]).collect();
-        s.search = kernel.search_compact();
+        s.search = kernel.search_compact(root, compact);
         Some(s)
     }
 
@@ -638,7 +687,8 @@ impl EndSearch {
         if key == u64::MAX {
             return self.len;
         }
-        // SAFETY: `search` is `kernel.search(root, height)` for this tree, with a kernel that
+        // SAFETY: `search` is `kernel.search(root, height)` (or, compact,
+        // `kernel.search_compact(root, compact)`) for this tree, with a kernel that
         // `Kernel::detect` (or a test) found the CPU runs, and the query is below `i64::MAX`.
         unsafe { (self.search)(self, key) }
     }
@@ -653,8 +703,8 @@ impl EndSearch {
                 return 0;
             }
             let leaf = &self.nodes[self.offsets[0] + j - 1];
-            // SAFETY: a `repr(C)` node of 8 `i64` is 16 initialised `i32`, 64-byte aligned.
-            let offs = unsafe { std::slice::from_raw_parts(leaf.0.as_ptr().cast::<i32>(), CB) };
+            // SAFETY: a `repr(C)` node of 8 `i64` is 16 initialised `u32`, 64-byte aligned.
+            let offs = unsafe { std::slice::from_raw_parts(leaf.0.as_ptr().cast::<u32>(), CB) };
             let t = query32(key, self.leaf_first[j - 1]);
             return (j - 1) * CB + offs.partition_point(|&o| o <= t);
         }
@@ -677,7 +727,7 @@ impl EndSearch {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{descend, descend_compact, flip, EndSearch, CB, CHUNK};
+    use super::{descend, descend_compact, flip, EndSearch, CHUNK};
     use std::arch::x86_64::*;
 
     /// The AVX-512 [`SearchFn`](super::SearchFn): one compare into a mask per 8 keys.
@@ -711,7 +761,7 @@ mod x86 {
     /// # Safety
     /// See [`SearchFn`](super::SearchFn); the CPU must support AVX-512F and POPCNT.
     #[target_feature(enable = "avx512f,popcnt")]
-    pub(super) unsafe fn search_compact_avx512(s: &EndSearch, q: u64) -> usize {
+    pub(super) unsafe fn search_compact_avx512<const R: usize, const C: usize>(s: &EndSearch, q: u64) -> usize {
         if q < s.first {
             return 0;
         }
@@ -727,13 +777,17 @@ mod x86 {
             }
             mask.count_ones() as usize
         };
-        let count32 = |offs: *const i32, t: i32| {
+        let splat = |t: u32| _mm512_set1_epi32(t as i32);
+        let count32 = |offs: *const u32, t: __m512i| {
             // SAFETY: `descend_compact` passes 16 offsets inside `s.nodes`, 64-byte aligned.
             let v = unsafe { _mm512_load_si512(offs.cast::<__m512i>()) };
-            _mm512_cmple_epi32_mask(v, _mm512_set1_epi32(t)).count_ones() as usize
+            _mm512_cmple_epu32_mask(v, t).count_ones() as usize
         };
-        // SAFETY: only used for compact trees, and `q >= s.first`.
-        unsafe { descend_compact(s, q, count64, count32) }
+        // SAFETY: `descend_compact` passes an offset inside `s.nodes`.
+        let sub = |t: __m512i, off: *const u32| _mm512_sub_epi32(t, _mm512_set1_epi32(unsafe { *off } as i32));
+        // SAFETY: the caller keeps the contract of `SearchFn`: a compact tree of this shape, and
+        // `q >= s.first`.
+        unsafe { descend_compact::<R, C, __m512i>(s, q, count64, splat, count32, sub) }
     }
 
     /// The AVX2 compact [`SearchFn`](super::SearchFn).
@@ -741,7 +795,7 @@ mod x86 {
     /// # Safety
     /// See [`SearchFn`](super::SearchFn); the CPU must support AVX2 and POPCNT.
     #[target_feature(enable = "avx2,popcnt")]
-    pub(super) unsafe fn search_compact_avx2(s: &EndSearch, q: u64) -> usize {
+    pub(super) unsafe fn search_compact_avx2<const R: usize, const C: usize>(s: &EndSearch, q: u64) -> usize {
         if q < s.first {
             return 0;
         }
@@ -757,17 +811,23 @@ mod x86 {
             }
             chunks * CHUNK - greater
         };
-        let count32 = |offs: *const i32, t: i32| {
-            let tv = _mm256_set1_epi32(t);
+        let splat = |t: u32| _mm256_set1_epi32(t as i32);
+        let count32 = |offs: *const u32, t: __m256i| {
             let p = offs.cast::<__m256i>();
             // SAFETY: `descend_compact` passes 16 offsets inside `s.nodes`, 64-byte aligned.
             let (a, b) = unsafe { (_mm256_load_si256(p), _mm256_load_si256(p.add(1))) };
-            let ga = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(a, tv))) as u32;
-            let gb = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(b, tv))) as u32;
-            CB - (ga | gb << 8).count_ones() as usize
+            // All ones where the offset is `<= t` (unsigned): `max(offset, t) == t`.
+            let la = _mm256_cmpeq_epi32(_mm256_max_epu32(a, t), t);
+            let lb = _mm256_cmpeq_epi32(_mm256_max_epu32(b, t), t);
+            let ma = _mm256_movemask_ps(_mm256_castsi256_ps(la)) as u32;
+            let mb = _mm256_movemask_ps(_mm256_castsi256_ps(lb)) as u32;
+            (ma | mb << 8).count_ones() as usize
         };
-        // SAFETY: only used for compact trees, and `q >= s.first`.
-        unsafe { descend_compact(s, q, count64, count32) }
+        // SAFETY: `descend_compact` passes an offset inside `s.nodes`.
+        let sub = |t: __m256i, off: *const u32| _mm256_sub_epi32(t, _mm256_set1_epi32(unsafe { *off } as i32));
+        // SAFETY: the caller keeps the contract of `SearchFn`: a compact tree of this shape, and
+        // `q >= s.first`.
+        unsafe { descend_compact::<R, C, __m256i>(s, q, count64, splat, count32, sub) }
     }
 
     /// The AVX2 [`SearchFn`](super::SearchFn): 4-key compares, packed to byte masks.
@@ -965,6 +1025,54 @@ mod tests {
         let keys: Vec<u64> = (0..3000u64).map(|i| u64::MAX - 3 * (2999 - i) / 4 * (1 << 20)).collect();
         assert!(EndSearch::compact(&keys, Kernel::Scalar).is_some());
         check(&keys);
+    }
+
+    /// [`check`], and queries around `2^32` past each key, where query offsets are clamped.
+    fn check_far(keys: &[u64]) {
+        check(keys);
+        let queries: Vec<u64> = keys
+            .iter()
+            .flat_map(|&k| [MAX_OFF - 1, MAX_OFF, MAX_OFF + 1, MAX_OFF + 2, 1 << 33].map(|d| k.saturating_add(d)))
+            .filter(|&q| q != u64::MAX)
+            .collect();
+        for kernel in kernels() {
+            let s = EndSearch::compact(keys, kernel).expect("compact");
+            for &q in &queries {
+                let want = keys.partition_point(|&k| k <= q);
+                assert_eq!(s.upper_bound(q), want, "{kernel:?} n={} q={q}", keys.len());
+                assert_eq!(s.upper_bound_binary(q), want, "binary n={} q={q}", keys.len());
+            }
+        }
+    }
+
+    #[test]
+    fn compact_internal_nodes_fit_every_key_under_them() {
+        // Node 0 of the layer above the leaves: its offsets (up to the first key of its last
+        // leaf) fit, but its last key does not, so that layer is not compact.
+        let mut keys: Vec<u64> = (0..8192u64).collect();
+        for k in &mut keys[255..] {
+            *k += MAX_OFF - 100;
+        }
+        let s = EndSearch::compact(&keys, Kernel::Scalar).expect("leaves fit");
+        assert_eq!(s.compact, 1, "{s:?}");
+        check_far(&keys);
+        // A jump that makes node 0 span exactly the largest offset: it fits, and the compact
+        // layers go on.
+        let mut keys: Vec<u64> = (0..8192u64).collect();
+        for k in &mut keys[255..] {
+            *k += MAX_OFF - 255;
+        }
+        let s = EndSearch::compact(&keys, Kernel::Scalar).expect("leaves fit");
+        assert!(s.compact > 1, "{s:?}");
+        check_far(&keys);
+        // Gaps of more than `2^32` between the subtrees of the top compact layer (queries in them
+        // clamp their offsets), under roots of every width.
+        for (n, every) in [(2 * 256, 256), (9 * 4096, 4096), (20 * 256, 256), (33 * 256, 256), (40_000, 4096)] {
+            let keys: Vec<u64> = (0..n as u64).map(|i| i * 3 + i / every * (1 << 33)).collect();
+            let s = EndSearch::compact(&keys, Kernel::Scalar).expect("leaves fit");
+            assert_eq!(s.compact > 1, n > MAX_ROOT * CB, "{s:?}");
+            check_far(&keys);
+        }
     }
 
     #[test]
