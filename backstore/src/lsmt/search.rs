@@ -209,7 +209,8 @@ unsafe impl Sync for Lines {}
 /// keys).
 type SearchFn = unsafe fn(&EndSearch, u64) -> usize;
 
-/// The [`SearchFn`]s of one kernel for `R` root chunks and heights `1..=MAX_HEIGHT`.
+/// The [`SearchFn`]s of one kernel for `R` root chunks and `1..=MAX_HEIGHT` layers (ordinary
+/// layers for the u64 layout, compact layers for the compact one).
 macro_rules! by_height {
     ($($f:ident)::+, $r:literal) => {{
         let t: [SearchFn; MAX_HEIGHT] = [
@@ -230,7 +231,7 @@ macro_rules! by_height {
     }};
 }
 
-/// The [`SearchFn`] of one kernel for `root` chunks of root keys and `height` ordinary layers.
+/// The [`SearchFn`] of one kernel for `root` chunks of root keys and `height` layers.
 macro_rules! pick {
     ($($f:ident)::+, $root:expr, $height:expr) => {{
         let table = match $root {
@@ -242,43 +243,6 @@ macro_rules! pick {
             r => unreachable!("root of {r} chunks"),
         };
         table[$height - 1]
-    }};
-}
-
-/// The compact [`SearchFn`]s of one kernel for `R` root chunks and `1..=MAX_HEIGHT` compact
-/// layers.
-macro_rules! by_compact {
-    ($($f:ident)::+, $r:literal) => {{
-        let t: [SearchFn; MAX_HEIGHT] = [
-            $($f)::+::<$r, 1>,
-            $($f)::+::<$r, 2>,
-            $($f)::+::<$r, 3>,
-            $($f)::+::<$r, 4>,
-            $($f)::+::<$r, 5>,
-            $($f)::+::<$r, 6>,
-            $($f)::+::<$r, 7>,
-            $($f)::+::<$r, 8>,
-            $($f)::+::<$r, 9>,
-            $($f)::+::<$r, 10>,
-            $($f)::+::<$r, 11>,
-            $($f)::+::<$r, 12>,
-        ];
-        t
-    }};
-}
-
-/// The compact [`SearchFn`] of one kernel for `root` chunks of root keys and `compact` layers.
-macro_rules! pick_compact {
-    ($($f:ident)::+, $root:expr, $compact:expr) => {{
-        let table = match $root {
-            0 => by_compact!($($f)::+, 0),
-            1 => by_compact!($($f)::+, 1),
-            2 => by_compact!($($f)::+, 2),
-            3 => by_compact!($($f)::+, 3),
-            4 => by_compact!($($f)::+, 4),
-            r => unreachable!("root of {r} chunks"),
-        };
-        table[$compact - 1]
     }};
 }
 
@@ -315,11 +279,11 @@ impl Kernel {
     /// (0: none) over `compact` compact layers (at least 1).
     fn search_compact(self, root: usize, compact: usize) -> SearchFn {
         match self {
-            Kernel::Scalar => pick_compact!(search_compact_scalar, root, compact),
+            Kernel::Scalar => pick!(search_compact_scalar, root, compact),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => pick_compact!(x86::search_compact_avx2, root, compact),
+            Kernel::Avx2 => pick!(x86::search_compact_avx2, root, compact),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => pick_compact!(x86::search_compact_avx512, root, compact),
+            Kernel::Avx512 => pick!(x86::search_compact_avx512, root, compact),
         }
     }
 
