@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs what the tools and tests need on a fresh Debian machine (idempotent; run as root or
-# with sudo available): e2fsprogs (debugfs, for the golden tests), python3 with the zstandard and
-# lz4 modules (for the independent reader obd_inspect.py), and the Rust toolchain's fmt/clippy.
+# with sudo available): e2fsprogs (debugfs, mkfs.ext4), libclang (to build libublk's bindings),
+# python3 with the zstandard and lz4 modules (for the independent reader obd_inspect.py), and the
+# Rust toolchain's fmt/clippy. The VM tests install qemu and fetch their kernel themselves.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -9,6 +10,8 @@ need_apt=()
 command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || [ -x /sbin/debugfs ] || need_apt+=(e2fsprogs)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+# libublk's bindings are generated with bindgen, which needs libclang
+dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

@@ -14,16 +14,18 @@ cache=${OBD_VM_CACHE:-$root/target/vm}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # 1. packages (the machine ships qemu-utils from backports; install the bookworm set together)
-if ! command -v qemu-system-x86_64 >/dev/null || ! [ -x /bin/busybox ] || ! command -v depmod >/dev/null; then
+if ! command -v qemu-system-x86_64 >/dev/null || ! [ -x /bin/busybox ] || ! command -v depmod >/dev/null || ! command -v xz >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
-    qemu-system-x86 qemu-utils/bookworm qemu-system-common/bookworm busybox-static kmod e2fsprogs >/dev/null
+    qemu-system-x86 qemu-utils/bookworm qemu-system-common/bookworm busybox-static kmod e2fsprogs xz-utils >/dev/null
 fi
 
 # 2. the kernel: the newest Debian 6.12 image, unpacked (never installed)
 mkdir -p "$cache"
 if ! ls "$cache"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
-  pkg=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -1)
+  find_pkg() { apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -1; }
+  pkg=$(find_pkg)
+  [ -n "$pkg" ] || { $SUDO apt-get update -qq; pkg=$(find_pkg); }
   [ -n "$pkg" ] || { echo "no linux-image-6.12 package found (apt-get update?)"; exit 1; }
   rm -rf "$cache/kernel" "$cache/deb" && mkdir -p "$cache/deb"
   (cd "$cache/deb" && apt-get download "$pkg" >/dev/null)

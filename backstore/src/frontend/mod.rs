@@ -2,13 +2,15 @@
 //!
 //! * [`fuse_loop`]: a FUSE file exposing the disk, under a loop device with direct I/O; works
 //!   wherever FUSE and loop devices exist (no kernel modules beyond those);
-//! * TCMU and ublk: in the VM-tested frontends (coming next).
+//! * [`ublk`]: the kernel's ublk driver (Linux 6.0+) through `libublk`;
+//! * TCMU: coming next.
 //!
 //! `auto` picks ublk, then TCMU, then fuse-loop, by probing the kernel.
 
 pub mod disk_fs;
 pub mod fuse_loop;
 pub mod loop_dev;
+pub mod ublk;
 
 use std::fmt;
 use std::path::Path;
@@ -86,8 +88,10 @@ pub fn attach(kind: FrontendKind, dev: Arc<dyn BlockDevice>, id: &str, run_dir: 
     let kind = match kind {
         FrontendKind::Auto => {
             let available = probe();
-            // TCMU and ublk frontends are not in this build yet: fall back to fuse-loop.
-            if available.contains(&FrontendKind::FuseLoop) {
+            // TCMU is not in this build yet.
+            if available.contains(&FrontendKind::Ublk) {
+                FrontendKind::Ublk
+            } else if available.contains(&FrontendKind::FuseLoop) {
                 FrontendKind::FuseLoop
             } else {
                 return Err(Error::InvalidArgument(format!(
@@ -99,6 +103,9 @@ pub fn attach(kind: FrontendKind, dev: Arc<dyn BlockDevice>, id: &str, run_dir: 
     };
     match kind {
         FrontendKind::FuseLoop => Ok(Box::new(fuse_loop::FuseLoop::attach(dev, id, run_dir)?)),
-        k => Err(Error::InvalidArgument(format!("the {k} frontend is not available in this build yet; use fuse-loop"))),
+        FrontendKind::Ublk => Ok(Box::new(ublk::Ublk::attach(dev, id)?)),
+        k => Err(Error::InvalidArgument(format!(
+            "the {k} frontend is not available in this build yet; use ublk or fuse-loop"
+        ))),
     }
 }
