@@ -11,3 +11,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTFLAGS="-D warnings" cargo test --workspace --locked
 cargo build --release --locked -p backstore
 integration/vm/vm.sh integration/vm/guest/ublk.sh 900
+integration/vm/vm.sh integration/vm/guest/ublk-crash.sh 900

@@ -178,3 +178,31 @@ impl Drop for Ublk {
         }
     }
 }
+
+/// Stops and deletes ublk devices whose server process is gone (left by a killed instance: the
+/// kernel fails their I/O but keeps them until deleted). Returns what it removed.
+pub fn cleanup_stale() -> Vec<String> {
+    let mut done = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/class/ublk-char") else { return done };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("ublkc").and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let ctrl = match UblkCtrl::new_simple(id) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot open a ublk device to check it");
+                continue;
+            }
+        };
+        let pid = ctrl.dev_info().ublksrv_pid;
+        if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = ctrl.kill_dev();
+        match ctrl.del_dev() {
+            Ok(_) => done.push(format!("deleted ublk device {id} (server {pid} is gone)")),
+            Err(e) => tracing::warn!(id, error = %e, "cannot delete a stale ublk device"),
+        }
+    }
+    done
+}

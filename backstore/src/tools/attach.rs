@@ -12,7 +12,7 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::device::{open_device, LocalSource};
-use crate::frontend::{self, fuse_loop, FrontendKind};
+use crate::frontend::{self, fuse_loop, ublk, FrontendKind};
 
 /// Attaches an overlaybd device and serves it until SIGINT/SIGTERM.
 #[derive(Parser, Debug)]
@@ -29,7 +29,8 @@ pub struct Args {
     /// Device id (default: derived from the config path).
     #[arg(long)]
     pub id: Option<String>,
-    /// Only remove what a crashed process left under --run-dir, then exit.
+    /// Only remove what a killed process left (loop devices and FUSE mounts under --run-dir,
+    /// ublk devices whose server is gone), then exit.
     #[arg(long)]
     pub cleanup: bool,
     /// Debug logging.
@@ -47,7 +48,7 @@ fn id_for(path: &std::path::Path) -> String {
 /// Runs the tool.
 pub fn run(a: &Args) -> anyhow::Result<()> {
     if a.cleanup {
-        for what in fuse_loop::cleanup_stale(&a.run_dir) {
+        for what in fuse_loop::cleanup_stale(&a.run_dir).into_iter().chain(ublk::cleanup_stale()) {
             println!("{what}");
         }
         return Ok(());
