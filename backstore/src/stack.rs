@@ -186,10 +186,11 @@ impl BlockDevice for Stack {
         })?;
         for p in pieces {
             let (s, e, shadowed) = match p {
+                // pieces of the merged lower index: a data piece is lower data under the range
                 Piece::Mapped(s) => (s.offset, s.end(), !s.zeroed),
                 Piece::Hole { start, end } => (start, end, false),
             };
-            if shadowed && self.lowers_have_data(s, e) {
+            if shadowed {
                 let mut pos = s * SECTOR;
                 while pos < e * SECTOR {
                     let n = (e * SECTOR - pos).min(ZEROS as u64) as usize;
