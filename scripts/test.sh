@@ -1,7 +1,7 @@
 #!/bin/bash
 # The project's tests: formatting, lints (warnings denied), every test of the workspace (as root:
 # the fuse-loop tests use real loop devices and FUSE), then the kernel-frontend tests in a
-# throwaway VM under Debian's 6.12 kernel (ublk).
+# throwaway VM under Debian's 6.12 kernel (TCMU and ublk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -10,5 +10,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTFLAGS="-D warnings" cargo test --workspace --locked
 cargo build --release --locked -p backstore
-integration/vm/vm.sh integration/vm/guest/ublk.sh 900
-integration/vm/vm.sh integration/vm/guest/ublk-crash.sh 900
+integration/vm/vm.sh integration/vm/guest/roundtrip.sh 1200 tcmu ublk
+integration/vm/vm.sh integration/vm/guest/crash.sh 1200 tcmu ublk

@@ -9,15 +9,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system call on a file failed.
-    #[error("{file}: {op}: {source}")]
+    // The cause is part of the message, not a `source()`: reporters that print the chain
+    // would otherwise repeat it.
+    #[error("{file}: {op}: {cause}")]
     Io {
         /// The file (or other source) the call was made on.
         file: String,
         /// What was attempted ("read at 4096", "create", ...).
         op: String,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The file is not in the expected format or violates one of its invariants.
     #[error("{file}: not a valid {format}: {reason}")]
@@ -131,7 +132,7 @@ pub enum Error {
 impl Error {
     /// An [`Error::Io`] for `file` and the operation `op`.
     pub fn io(file: impl Into<String>, op: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { file: file.into(), op: op.into(), source }
+        Error::Io { file: file.into(), op: op.into(), cause: source }
     }
 
     /// An [`Error::Format`].
@@ -142,7 +143,7 @@ impl Error {
     /// The errno that best describes this error, for block frontends and tools.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc_eio()),
+            Error::Io { cause, .. } => cause.raw_os_error().unwrap_or(libc_eio()),
             Error::Unaligned { .. } | Error::InvalidArgument(_) => 22, // EINVAL
             Error::OutOfRange { .. } => 34,                            // ERANGE
             Error::ReadOnly => 30,                                     // EROFS
@@ -159,7 +160,7 @@ const fn libc_eio() -> i32 {
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Io { source, file, op } => io::Error::new(source.kind(), format!("{file}: {op}: {source}")),
+            Error::Io { cause, file, op } => io::Error::new(cause.kind(), format!("{file}: {op}: {cause}")),
             other => io::Error::other(other),
         }
     }

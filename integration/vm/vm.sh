@@ -3,13 +3,15 @@
 # TCMU (configfs, target_core_user, tcm_loop), ublk, loop and FUSE are all available. The
 # project's release binaries, the script and the test data are shared with the guest over 9p at
 # /share; glibc and e2fsprogs come in the initramfs.
-#   integration/vm/vm.sh GUEST_SCRIPT [TIMEOUT_SECONDS]
+#   integration/vm/vm.sh GUEST_SCRIPT [TIMEOUT_SECONDS [ARGS...]]
+# The guest runs GUEST_SCRIPT with ARGS; the scripts next to it are at /share/guest.
 # Exits with the guest script's exit code; 124 if the VM did not finish in time (a failure).
 # The kernel and initramfs are cached in $OBD_VM_CACHE (default target/vm).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 script=$(readlink -f "$1")
 limit=${2:-600}
+shift $(( $# < 2 ? $# : 2 ))
 cache=${OBD_VM_CACHE:-$root/target/vm}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
@@ -80,7 +82,8 @@ share=$(mktemp -d)
 trap 'rm -rf "$share"' EXIT
 mkdir -p "$share/bin"
 cp "$root"/target/release/overlaybd-{attach,create,commit,zfile,dump,info} "$share/bin/"
-cp "$script" "$share/guest.sh"
+{ printf 'set --'; printf ' %q' "$@"; printf '\n'; cat "$script"; } > "$share/guest.sh"
+cp -r "$(dirname "$script")" "$share/guest"
 cp -r "$root/backstore/tests/data/reference" "$share/reference"
 
 # 5. boot; qemu exits with (rc << 1) | 1 through isa-debug-exit

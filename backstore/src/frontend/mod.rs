@@ -3,13 +3,15 @@
 //! * [`fuse_loop`]: a FUSE file exposing the disk, under a loop device with direct I/O; works
 //!   wherever FUSE and loop devices exist (no kernel modules beyond those);
 //! * [`ublk`]: the kernel's ublk driver (Linux 6.0+) through `libublk`;
-//! * TCMU: coming next.
+//! * [`tcmu`]: a TCMU device (`target_core_user`) served in-process, as a SCSI disk through
+//!   tcm_loop.
 //!
 //! `auto` picks ublk, then TCMU, then fuse-loop, by probing the kernel.
 
 pub mod disk_fs;
 pub mod fuse_loop;
 pub mod loop_dev;
+pub mod tcmu;
 pub mod ublk;
 
 use std::fmt;
@@ -65,7 +67,7 @@ pub fn probe() -> Vec<FrontendKind> {
     if Path::new("/dev/ublk-control").exists() {
         v.push(FrontendKind::Ublk);
     }
-    if Path::new("/sys/kernel/config/target/core").exists() {
+    if Path::new("/sys/kernel/config/target/core").exists() && Path::new("/sys/module/target_core_user").exists() {
         v.push(FrontendKind::Tcmu);
     }
     if Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists() {
@@ -85,27 +87,25 @@ pub trait Attached: Send {
 /// Attaches `dev` with the frontend `kind` (`Auto`: the first available); `id` names the device
 /// in logs and in the frontend's runtime state under `run_dir`.
 pub fn attach(kind: FrontendKind, dev: Arc<dyn BlockDevice>, id: &str, run_dir: &Path) -> Result<Box<dyn Attached>> {
-    let kind = match kind {
-        FrontendKind::Auto => {
-            let available = probe();
-            // TCMU is not in this build yet.
-            if available.contains(&FrontendKind::Ublk) {
-                FrontendKind::Ublk
-            } else if available.contains(&FrontendKind::FuseLoop) {
-                FrontendKind::FuseLoop
-            } else {
-                return Err(Error::InvalidArgument(format!(
-                    "no usable block frontend: the kernel offers {available:?}, and fuse-loop needs /dev/fuse and /dev/loop-control"
-                )));
+    let kind =
+        match kind {
+            FrontendKind::Auto => {
+                let available = probe();
+                match available.first() {
+                    Some(&k) => k,
+                    None => return Err(Error::InvalidArgument(
+                        "no usable block frontend: ublk needs /dev/ublk-control, TCMU configfs and target_core_user, \
+                         fuse-loop /dev/fuse and /dev/loop-control"
+                            .into(),
+                    )),
+                }
             }
-        }
-        k => k,
-    };
+            k => k,
+        };
     match kind {
         FrontendKind::FuseLoop => Ok(Box::new(fuse_loop::FuseLoop::attach(dev, id, run_dir)?)),
         FrontendKind::Ublk => Ok(Box::new(ublk::Ublk::attach(dev, id)?)),
-        k => Err(Error::InvalidArgument(format!(
-            "the {k} frontend is not available in this build yet; use ublk or fuse-loop"
-        ))),
+        FrontendKind::Tcmu => Ok(Box::new(tcmu::Tcmu::attach(dev, id)?)),
+        FrontendKind::Auto => Err(Error::InvalidArgument("auto resolves to a frontend above".into())),
     }
 }

@@ -78,7 +78,10 @@ impl Ublk {
                 let q_fn = move |qid: u16, udev: &UblkDev| serve_queue(qid, udev, qdev.as_ref());
                 let started = tx.clone();
                 let on_start = move |c: &UblkCtrl| {
-                    let _ = started.send(Ok((c.dev_info().dev_id, c.get_bdev_path())));
+                    // Nobody waits any more (attach timed out): stop instead of serving an orphan.
+                    if started.send(Ok((c.dev_info().dev_id, c.get_bdev_path()))).is_err() {
+                        let _ = c.kill_dev();
+                    }
                 };
                 if let Err(e) = ctrl.run_target(tgt_init, q_fn, on_start) {
                     let _ = tx.send(Err(format!("starting the ublk device failed: {e}")));
@@ -180,14 +183,17 @@ impl Drop for Ublk {
 }
 
 /// Stops and deletes ublk devices whose server process is gone (left by a killed instance: the
-/// kernel fails their I/O but keeps them until deleted). Returns what it removed.
+/// kernel fails their I/O but keeps them until deleted). A disk still mounted goes away when it
+/// is unmounted. Returns what it removed.
 pub fn cleanup_stale() -> Vec<String> {
     let mut done = Vec::new();
     let Ok(entries) = std::fs::read_dir("/sys/class/ublk-char") else { return done };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(id) = name.strip_prefix("ublkc").and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let ctrl = match UblkCtrl::new_simple(id) {
+        // Asynchronous delete (Linux 6.9+): a synchronous one waits until every user of the
+        // disk is gone, which hangs while a filesystem on it is still mounted.
+        let ctrl = match UblkCtrl::new(None, id, 0, 0, 0, 0, 0, UblkFlags::UBLK_DEV_F_DEL_DEV_ASYNC) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(id, error = %e, "cannot open a ublk device to check it");
@@ -200,7 +206,7 @@ pub fn cleanup_stale() -> Vec<String> {
         }
         let _ = ctrl.kill_dev();
         match ctrl.del_dev() {
-            Ok(_) => done.push(format!("deleted ublk device {id} (server {pid} is gone)")),
+            Ok(_) => done.push(format!("deleted ublk device {id} (its server is gone)")),
             Err(e) => tracing::warn!(id, error = %e, "cannot delete a stale ublk device"),
         }
     }
