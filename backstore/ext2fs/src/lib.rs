@@ -14,9 +14,11 @@ pub mod error;
 pub mod fs;
 pub mod io_manager;
 pub mod mkfs;
+pub mod node;
 pub mod sys;
 
 pub use disk::Disk;
 pub use error::{Error, Result};
 pub use fs::{Filesystem, Ino};
 pub use mkfs::MkfsOptions;
+pub use node::{Attrs, Entry, Kind, Time};
