@@ -9,6 +9,7 @@
 //! Every format reads its bytes through the positional [`io::ReadAt`] trait, so it never knows
 //! whether they come from a local file, a cache or a registry.
 
+pub mod apply;
 pub mod block;
 pub mod crc;
 pub mod detect;

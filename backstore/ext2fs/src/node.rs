@@ -404,6 +404,35 @@ impl Filesystem {
         Ok(out)
     }
 
+    /// The target of symlink `ino`.
+    pub fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
+        let mut inode = self.read_inode(ino)?;
+        let size = inode.i_size as usize;
+        if (inode.i_mode as u32) & sys::LINUX_S_IFMT != sys::LINUX_S_IFLNK || size > 4096 {
+            return Err(Error::InvalidArgument(format!("inode {ino} is not a symlink")));
+        }
+        let small = &mut inode as *mut sys::ext2_inode_large as *mut sys::ext2_inode;
+        // SAFETY: `small` points to the inode read above.
+        if inode.i_flags & sys::EXT4_INLINE_DATA_FL == 0 && unsafe { sys::ext2fs_is_fast_symlink(small) } != 0 {
+            let bytes: Vec<u8> = inode.i_block.iter().flat_map(|w| w.to_le_bytes()).collect();
+            return Ok(bytes[..size.min(bytes.len())].to_vec());
+        }
+        let mut buf = vec![0u8; size];
+        let mut file: sys::ext2_file_t = std::ptr::null_mut();
+        // SAFETY: open filesystem; the file is closed below; reads into our buffer of `size`.
+        unsafe {
+            check(sys::ext2fs_file_open(self.raw, ino, 0, &mut file), || format!("open symlink {ino}"))?;
+            let mut got: u32 = 0;
+            let r = check(sys::ext2fs_file_read(file, buf.as_mut_ptr() as *mut c_void, size as u32, &mut got), || {
+                format!("read symlink {ino}")
+            });
+            let _ = sys::ext2fs_file_close(file);
+            r?;
+            buf.truncate(got as usize);
+        }
+        Ok(buf)
+    }
+
     /// True if `ino` is a directory.
     pub fn is_dir(&self, ino: Ino) -> Result<bool> {
         Ok((self.read_inode(ino)?.i_mode as u32) & sys::LINUX_S_IFMT == sys::LINUX_S_IFDIR)
@@ -530,6 +559,13 @@ mod tests {
         debugfs(&img, &format!("dump /d/f {}", dumped.display()));
         assert!(std::fs::read(&dumped).unwrap() == content, "file content differs");
         assert!(debugfs(&img, "stat /d/long").contains("Size: 300"));
+        let fs =
+            crate::Filesystem::open(Arc::new(std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap()))
+                .unwrap();
+        let d = fs.lookup(ROOT, b"d").unwrap().unwrap();
+        assert_eq!(fs.read_link(fs.lookup(d, b"long").unwrap().unwrap()).unwrap(), long);
+        assert_eq!(fs.read_link(fs.lookup(d, b"short").unwrap().unwrap()).unwrap(), b"f");
+        fs.close().unwrap();
         assert!(
             debugfs(&img, "stat /d/big").contains("Device major/minor number: 259:70000"),
             "{}",

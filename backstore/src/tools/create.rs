@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use crate::lsmt::writable::{CreateOptions, WritableLayer};
+use std::sync::Arc;
+
+use crate::apply::disk::StackDisk;
+use crate::block::BlockDevice;
+use crate::lsmt::writable::{CreateOptions, Recovery, WritableLayer};
+use crate::stack::Stack;
 use crate::uuid::LayerUuid;
 
 /// Creates a writable layer (data file + index file), as the reference's overlaybd-create.
@@ -28,7 +33,7 @@ pub struct Args {
     /// Make DATA a plain raw image of VSIZE (no LSMT).
     #[arg(long)]
     pub raw: bool,
-    /// Format the new device with ext4.
+    /// Format the new layer with ext4 (in user space, as the reference does).
     #[arg(long)]
     pub mkfs: bool,
     /// turboOCI warp layer.
@@ -44,13 +49,16 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     if a.turbo_oci {
         bail!("--turboOCI layers are not supported by this implementation");
     }
-    if a.mkfs {
-        bail!("--mkfs is not available yet: format the device after attaching it (mkfs.ext4), or use overlaybd-apply --mkfs once it lands");
+    if a.mkfs && a.vsize_gb == 0 {
+        bail!("--mkfs needs a virtual size (VSIZE_GB > 0)");
     }
     let vsize = a.vsize_gb.checked_mul(1 << 30).context("virtual size overflows")?;
     if a.raw {
         let f = super::create_output(&a.data, false)?;
         f.set_len(vsize).with_context(|| format!("{}: cannot size the raw image", a.data.display()))?;
+        if a.mkfs {
+            ext2fs::mkfs::mkfs(Arc::new(f), &ext2fs::MkfsOptions::default())?.close()?;
+        }
         return Ok(());
     }
     let parent_uuid = match &a.parent_uuid {
@@ -59,6 +67,15 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     };
     let opts = CreateOptions { virtual_size: vsize, uuid: LayerUuid::random(), parent_uuid, sparse: a.sparse };
     WritableLayer::create(&a.data, &a.index, &opts)?;
+    if a.mkfs {
+        // Format in user space through the new layer: the filesystem's blocks land in it.
+        let layer = WritableLayer::open(&a.data, &a.index, true, Recovery::Strict)?;
+        let stack: Arc<dyn BlockDevice> = Arc::new(Stack::new(Vec::new(), Some(layer))?);
+        ext2fs::mkfs::mkfs(Arc::new(StackDisk(stack)), &ext2fs::MkfsOptions::default())
+            .context("making the filesystem")?
+            .close()
+            .context("writing the filesystem out")?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The command-line tools, as library code: each submodule has the tool's arguments (with the
 //! reference's names) and its `main`. The binaries in `src/bin/` only call these.
 
+pub mod apply;
 pub mod attach;
 pub mod commit;
 pub mod create;
