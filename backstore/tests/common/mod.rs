@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,6 +65,7 @@ pub fn bin(name: &str) -> PathBuf {
         "overlaybd-dump" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-dump")),
         "overlaybd-info" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-info")),
         "overlaybd-attach" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-attach")),
+        "overlaybd-apply" => PathBuf::from(env!("CARGO_BIN_EXE_overlaybd-apply")),
         other => panic!("no binary {other}"),
     }
 }
