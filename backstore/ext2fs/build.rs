@@ -11,7 +11,7 @@ fn main() {
     let bindings = bindgen::Builder::default()
         .header("wrapper.h")
         .clang_args(includes.map(|p| format!("-I{}", p.display())))
-        .allowlist_function("ext2fs_.*|error_message|initialize_ext2_error_table|add_error_table")
+        .allowlist_function("ext2fs_.*|io_channel_.*|error_message|initialize_ext2_error_table|add_error_table")
         .allowlist_type(
             "ext2_filsys|struct_io_manager|struct_io_channel|ext2_inode.*|ext2_super_block|ext2_dir_entry.*",
         )

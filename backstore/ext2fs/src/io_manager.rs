@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_int, c_ulong, c_ulonglong, c_void, CStr, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::cache::BlockCache;
 use crate::disk::Disk;
 use crate::sys;
 
@@ -78,10 +79,22 @@ pub fn manager() -> sys::io_manager {
     &m.0 as *const sys::struct_io_manager as sys::io_manager
 }
 
+/// Bytes of small block I/O a channel caches.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// What a channel keeps.
 struct Channel {
     disk: Arc<dyn Disk>,
+    cache: Mutex<BlockCache>,
     _name: CString,
+}
+
+impl Channel {
+    fn cache(&self) -> std::sync::MutexGuard<'_, BlockCache> {
+        // A panic while holding the lock cannot leave the cache half-updated in a way that
+        // matters more than the panic itself: take it back.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The errno of an I/O error, as libext2fs error codes include errnos.
@@ -117,7 +130,7 @@ unsafe extern "C" fn open(name: *const c_char, _flags: c_int, out: *mut sys::io_
         Some(d) => d,
         None => return sys::EXT2_ET_BAD_DEVICE_NAME as Errcode,
     };
-    let data = Box::new(Channel { disk, _name: cname });
+    let data = Box::new(Channel { disk, cache: Mutex::new(BlockCache::new(1024, CACHE_BYTES)), _name: cname });
     let channel = Box::new(sys::struct_io_channel {
         magic: sys::EXT2_ET_MAGIC_IO_CHANNEL as Errcode,
         manager: manager(),
@@ -141,7 +154,8 @@ unsafe extern "C" fn close(ch: sys::io_channel) -> Errcode {
             return 0;
         }
         let data = Box::from_raw((*ch).private_data as *mut Channel);
-        let r = data.disk.flush().map_or_else(|e| errcode(&e, sys::EXT2_ET_SHORT_WRITE), |()| 0);
+        let flushed = data.cache().flush(data.disk.as_ref()).and_then(|()| data.disk.flush());
+        let r = flushed.map_or_else(|e| errcode(&e, sys::EXT2_ET_SHORT_WRITE), |()| 0);
         drop(data);
         drop(Box::from_raw(ch));
         r
@@ -153,7 +167,13 @@ unsafe extern "C" fn set_blksize(ch: sys::io_channel, blksize: c_int) -> Errcode
         return sys::EXT2_ET_INVALID_ARGUMENT as Errcode;
     }
     // SAFETY: a channel we opened.
-    unsafe { (*ch).block_size = blksize };
+    unsafe {
+        let c = chan(ch);
+        if let Err(e) = c.cache().reset(c.disk.as_ref(), blksize as usize) {
+            return errcode(&e, sys::EXT2_ET_SHORT_WRITE);
+        }
+        (*ch).block_size = blksize;
+    }
     0
 }
 
@@ -162,7 +182,15 @@ unsafe extern "C" fn read_blk64(ch: sys::io_channel, block: c_ulonglong, count: 
     unsafe {
         let Some((off, len)) = range(ch, block, count) else { return sys::EXT2_ET_SHORT_READ as Errcode };
         let buf = std::slice::from_raw_parts_mut(data as *mut u8, len);
-        match chan(ch).disk.read_at(buf, off) {
+        let c = chan(ch);
+        let mut cache = c.cache();
+        let r = if count < 0 {
+            let bs = cache.block_size();
+            cache.reset(c.disk.as_ref(), bs).and_then(|()| c.disk.read_at(buf, off))
+        } else {
+            cache.read(c.disk.as_ref(), block, count as u64, buf)
+        };
+        match r {
             Ok(()) => 0,
             Err(e) => errcode(&e, sys::EXT2_ET_SHORT_READ),
         }
@@ -179,7 +207,15 @@ unsafe extern "C" fn write_blk64(
     unsafe {
         let Some((off, len)) = range(ch, block, count) else { return sys::EXT2_ET_SHORT_WRITE as Errcode };
         let buf = std::slice::from_raw_parts(data as *const u8, len);
-        match chan(ch).disk.write_at(buf, off) {
+        let c = chan(ch);
+        let mut cache = c.cache();
+        let r = if count < 0 {
+            let bs = cache.block_size();
+            cache.reset(c.disk.as_ref(), bs).and_then(|()| c.disk.write_at(buf, off))
+        } else {
+            cache.write(c.disk.as_ref(), block, count as u64, buf)
+        };
+        match r {
             Ok(()) => 0,
             Err(e) => errcode(&e, sys::EXT2_ET_SHORT_WRITE),
         }
@@ -204,7 +240,15 @@ unsafe extern "C" fn write_byte(ch: sys::io_channel, offset: c_ulong, count: c_i
     }
     // SAFETY: a channel we opened; `data` holds `count` bytes.
     unsafe {
-        let disk = &chan(ch).disk;
+        let c = chan(ch);
+        let disk = &c.disk;
+        {
+            let mut cache = c.cache();
+            let bs = cache.block_size();
+            if let Err(e) = cache.reset(disk.as_ref(), bs) {
+                return errcode(&e, sys::EXT2_ET_SHORT_WRITE);
+            }
+        }
         let src = std::slice::from_raw_parts(data as *const u8, count as usize);
         // Read-modify-write the enclosing 512-byte sectors: disks take whole sectors.
         let start = offset as u64 & !511;
@@ -224,7 +268,11 @@ unsafe extern "C" fn write_byte(ch: sys::io_channel, offset: c_ulong, count: c_i
 
 unsafe extern "C" fn flush(ch: sys::io_channel) -> Errcode {
     // SAFETY: a channel we opened.
-    unsafe { chan(ch).disk.flush().map_or_else(|e| errcode(&e, sys::EXT2_ET_SHORT_WRITE), |()| 0) }
+    unsafe {
+        let c = chan(ch);
+        let r = c.cache().flush(c.disk.as_ref()).and_then(|()| c.disk.flush());
+        r.map_or_else(|e| errcode(&e, sys::EXT2_ET_SHORT_WRITE), |()| 0)
+    }
 }
 
 unsafe extern "C" fn set_option(_ch: sys::io_channel, _option: *const c_char, _arg: *const c_char) -> Errcode {
@@ -246,7 +294,9 @@ unsafe extern "C" fn zeroout(ch: sys::io_channel, block: c_ulonglong, count: c_u
         let (Some(off), Some(len)) = (block.checked_mul(bs), count.checked_mul(bs)) else {
             return sys::EXT2_ET_INVALID_ARGUMENT as Errcode;
         };
-        chan(ch).disk.zero_range(off, len).map_or_else(|e| errcode(&e, sys::EXT2_ET_SHORT_WRITE), |()| 0)
+        let c = chan(ch);
+        c.cache().forget(block, count);
+        c.disk.zero_range(off, len).map_or_else(|e| errcode(&e, sys::EXT2_ET_SHORT_WRITE), |()| 0)
     }
 }
 

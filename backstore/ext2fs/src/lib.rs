@@ -9,6 +9,7 @@
 //! every feature of the images we meet (extents, htree directories, xattrs, 64-bit, inline
 //! data, checksums) the way the kernel and e2fsck expect; no Rust crate writes ext4 completely.
 
+pub mod cache;
 pub mod disk;
 pub mod error;
 pub mod fs;

@@ -115,6 +115,42 @@ pub struct Entry {
     pub ino: Ino,
 }
 
+/// The runs of `buf` that hold data, as (start, end) byte offsets: whole blocks of zeros are
+/// holes; a trailing partial block is always data.
+fn data_runs(buf: &[u8], bs: usize) -> Vec<(usize, usize)> {
+    let zero = |c: &[u8]| c.len() == bs && is_zero(c);
+    let mut runs = Vec::new();
+    let mut off = 0;
+    while off < buf.len() {
+        let n = bs.min(buf.len() - off);
+        if zero(&buf[off..off + n]) {
+            off += n;
+            continue;
+        }
+        let start = off;
+        off += n;
+        while off < buf.len() {
+            let m = bs.min(buf.len() - off);
+            if zero(&buf[off..off + m]) {
+                break;
+            }
+            off += m;
+        }
+        runs.push((start, off));
+    }
+    runs
+}
+
+/// True if every byte is zero (word at a time).
+fn is_zero(b: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: reinterpreting initialised bytes as u64 words is sound for any alignment
+        // split align_to returns.
+        unsafe { b.align_to::<u64>() }
+    };
+    head.iter().all(|&x| x == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&x| x == 0)
+}
+
 impl Filesystem {
     /// Adds `name` → `ino` to directory `dir`, growing the directory if it is full.
     pub fn link(&mut self, dir: Ino, name: &[u8], ino: Ino, dirent_type: c_int) -> Result<()> {
@@ -241,7 +277,142 @@ impl Filesystem {
 
     /// Writes `size` bytes from `data` as the content of the new regular file `ino`. Runs of
     /// whole zero blocks become holes.
+    ///
+    /// On extent-mapped files the data bypasses libext2fs's one-block file buffer: each run of
+    /// data blocks is allocated at once (`ext2fs_fallocate`) and written to the disk in large
+    /// writes at the blocks the extent tree maps it to.
     pub fn write_data(&mut self, ino: Ino, data: &mut dyn Read, size: u64) -> Result<()> {
+        let extents = self.read_inode(ino)?.i_flags & sys::EXT4_EXTENTS_FL != 0;
+        if !extents {
+            return self.write_data_buffered(ino, data, size);
+        }
+        let bs = self.block_size() as usize;
+        let mut buf = vec![0u8; (size as usize).min(4 << 20)];
+        let mut pos = 0u64;
+        while pos < size {
+            let want = ((size - pos) as usize).min(buf.len());
+            data.read_exact(&mut buf[..want])
+                .map_err(|e| Error::Disk { op: format!("read the content of inode {ino} at {pos}"), cause: e })?;
+            for (start, end) in data_runs(&buf[..want], bs) {
+                self.write_run(ino, pos + start as u64, &buf[start..end])?;
+            }
+            pos += want as u64;
+        }
+        let mut inode = self.read_inode(ino)?;
+        let size = i64::try_from(size).map_err(|_| Error::InvalidArgument(format!("file size {size} is too large")))?;
+        // SAFETY: `inode` is a valid inode buffer (its small prefix is what the setter uses).
+        check(
+            unsafe { sys::ext2fs_inode_size_set(self.raw, &mut inode as *mut _ as *mut sys::ext2_inode, size) },
+            || format!("set the size of inode {ino}"),
+        )?;
+        self.write_inode(ino, &inode)
+    }
+
+    /// Allocates the blocks of `bytes` at file offset `at` (block aligned) and writes them.
+    fn write_run(&mut self, ino: Ino, at: u64, bytes: &[u8]) -> Result<()> {
+        let bs = self.block_size() as u64;
+        let first = at / bs;
+        let count = (bytes.len() as u64).div_ceil(bs);
+        // SAFETY: open filesystem; a null inode makes libext2fs read and write it itself.
+        check(
+            unsafe {
+                sys::ext2fs_fallocate(
+                    self.raw,
+                    sys::EXT2_FALLOCATE_FORCE_INIT as c_int,
+                    ino,
+                    std::ptr::null_mut(),
+                    !0,
+                    first,
+                    count,
+                )
+            },
+            || format!("allocate {count} blocks of inode {ino}"),
+        )?;
+        let mut handle: sys::ext2_extent_handle_t = std::ptr::null_mut();
+        // SAFETY: open filesystem; the handle is freed below on every path.
+        check(unsafe { sys::ext2fs_extent_open2(self.raw, ino, std::ptr::null_mut(), &mut handle) }, || {
+            format!("open the extents of inode {ino}")
+        })?;
+        let r = self.write_mapped(handle, ino, first, count, bytes);
+        // SAFETY: opened above.
+        unsafe { sys::ext2fs_extent_free(handle) };
+        r
+    }
+
+    fn write_mapped(
+        &mut self,
+        handle: sys::ext2_extent_handle_t,
+        ino: Ino,
+        first: u64,
+        count: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let bs = self.block_size() as u64;
+        let mut ext = sys::ext2fs_extent::default();
+        // SAFETY: a valid handle and an extent buffer.
+        check(unsafe { sys::ext2fs_extent_goto2(handle, 0, first) }, || format!("find block {first} of inode {ino}"))?;
+        // SAFETY: as above.
+        check(unsafe { sys::ext2fs_extent_get(handle, sys::EXT2_EXTENT_CURRENT as c_int, &mut ext) }, || {
+            format!("read the extent of block {first} of inode {ino}")
+        })?;
+        let mut lblk = first;
+        while lblk < first + count {
+            if ext.e_lblk > lblk || ext.e_lblk + ext.e_len as u64 <= lblk {
+                return Err(Error::InvalidArgument(format!(
+                    "block {lblk} of inode {ino} is not mapped after allocation"
+                )));
+            }
+            let n = (ext.e_lblk + ext.e_len as u64 - lblk).min(first + count - lblk);
+            let pblk = ext.e_pblk + (lblk - ext.e_lblk);
+            let from = ((lblk - first) * bs) as usize;
+            let to = (((lblk - first + n) * bs) as usize).min(bytes.len());
+            let chunk = &bytes[from..to];
+            let whole = chunk.len() / bs as usize * bs as usize;
+            if whole > 0 {
+                self.write_blocks(pblk, &chunk[..whole])?;
+            }
+            if whole < chunk.len() {
+                let mut last = vec![0u8; bs as usize];
+                last[..chunk.len() - whole].copy_from_slice(&chunk[whole..]);
+                self.write_blocks(pblk + (whole as u64 / bs), &last)?;
+            }
+            lblk += n;
+            if lblk < first + count {
+                // SAFETY: as above.
+                check(
+                    unsafe { sys::ext2fs_extent_get(handle, sys::EXT2_EXTENT_NEXT_LEAF as c_int, &mut ext) },
+                    || format!("walk the extents of inode {ino}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes whole blocks at physical block `pblk` through the I/O channel (whose cache then
+    /// stays coherent).
+    fn write_blocks(&mut self, pblk: u64, bytes: &[u8]) -> Result<()> {
+        let bs = self.block_size() as usize;
+        for (i, chunk) in bytes.chunks(bs << 14).enumerate() {
+            let at = pblk + (i * (1 << 14)) as u64;
+            // SAFETY: open filesystem; `chunk` holds whole blocks (callers pad) and lives
+            // through the call.
+            check(
+                unsafe {
+                    sys::io_channel_write_blk64(
+                        (*self.raw).io,
+                        at,
+                        (chunk.len() / bs) as c_int,
+                        chunk.as_ptr() as *const c_void,
+                    )
+                },
+                || format!("write blocks at {at}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes through libext2fs's file interface (block-mapped files).
+    fn write_data_buffered(&mut self, ino: Ino, data: &mut dyn Read, size: u64) -> Result<()> {
         let mut file: sys::ext2_file_t = std::ptr::null_mut();
         // SAFETY: open filesystem, out pointer.
         check(unsafe { sys::ext2fs_file_open(self.raw, ino, sys::EXT2_FILE_WRITE as c_int, &mut file) }, || {
@@ -255,30 +426,13 @@ impl Filesystem {
 
     fn write_file(&mut self, file: sys::ext2_file_t, ino: Ino, data: &mut dyn Read, size: u64) -> Result<()> {
         let bs = self.block_size() as usize;
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; (size as usize).min(1 << 20)];
         let mut pos = 0u64;
         while pos < size {
             let want = ((size - pos) as usize).min(buf.len());
             data.read_exact(&mut buf[..want])
                 .map_err(|e| Error::Disk { op: format!("read the content of inode {ino} at {pos}"), cause: e })?;
-            let mut off = 0;
-            while off < want {
-                let n = bs.min(want - off);
-                let chunk = &buf[off..off + n];
-                if chunk.len() == bs && chunk.iter().all(|&b| b == 0) {
-                    off += n;
-                    continue; // a hole
-                }
-                // Extend the run of data blocks.
-                let mut end = off + n;
-                while end < want {
-                    let m = bs.min(want - end);
-                    let c = &buf[end..end + m];
-                    if c.len() == bs && c.iter().all(|&b| b == 0) {
-                        break;
-                    }
-                    end += m;
-                }
+            for (off, end) in data_runs(&buf[..want], bs) {
                 let at = pos + off as u64;
                 // SAFETY: open file; seek then write from our buffer with its length.
                 unsafe {
@@ -299,7 +453,6 @@ impl Filesystem {
                         return Err(Error::InvalidArgument(format!("short write to inode {ino} at {at}")));
                     }
                 }
-                off = end;
             }
             pos += want as u64;
         }
