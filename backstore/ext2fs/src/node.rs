@@ -301,10 +301,8 @@ impl Filesystem {
         let mut inode = self.read_inode(ino)?;
         let size = i64::try_from(size).map_err(|_| Error::InvalidArgument(format!("file size {size} is too large")))?;
         // SAFETY: `inode` is a valid inode buffer (its small prefix is what the setter uses).
-        check(
-            unsafe { sys::ext2fs_inode_size_set(self.raw, &mut inode as *mut _ as *mut sys::ext2_inode, size) },
-            || format!("set the size of inode {ino}"),
-        )?;
+        let code = unsafe { sys::ext2fs_inode_size_set(self.raw, &mut inode as *mut _ as *mut sys::ext2_inode, size) };
+        check(code, || format!("set the size of inode {ino}"))?;
         self.write_inode(ino, &inode)
     }
 
@@ -314,20 +312,18 @@ impl Filesystem {
         let first = at / bs;
         let count = (bytes.len() as u64).div_ceil(bs);
         // SAFETY: open filesystem; a null inode makes libext2fs read and write it itself.
-        check(
-            unsafe {
-                sys::ext2fs_fallocate(
-                    self.raw,
-                    sys::EXT2_FALLOCATE_FORCE_INIT as c_int,
-                    ino,
-                    std::ptr::null_mut(),
-                    !0,
-                    first,
-                    count,
-                )
-            },
-            || format!("allocate {count} blocks of inode {ino}"),
-        )?;
+        let code = unsafe {
+            sys::ext2fs_fallocate(
+                self.raw,
+                sys::EXT2_FALLOCATE_FORCE_INIT as c_int,
+                ino,
+                std::ptr::null_mut(),
+                !0,
+                first,
+                count,
+            )
+        };
+        check(code, || format!("allocate {count} blocks of inode {ino}"))?;
         let mut handle: sys::ext2_extent_handle_t = std::ptr::null_mut();
         // SAFETY: open filesystem; the handle is freed below on every path.
         check(unsafe { sys::ext2fs_extent_open2(self.raw, ino, std::ptr::null_mut(), &mut handle) }, || {
@@ -379,10 +375,8 @@ impl Filesystem {
             lblk += n;
             if lblk < first + count {
                 // SAFETY: as above.
-                check(
-                    unsafe { sys::ext2fs_extent_get(handle, sys::EXT2_EXTENT_NEXT_LEAF as c_int, &mut ext) },
-                    || format!("walk the extents of inode {ino}"),
-                )?;
+                let code = unsafe { sys::ext2fs_extent_get(handle, sys::EXT2_EXTENT_NEXT_LEAF as c_int, &mut ext) };
+                check(code, || format!("walk the extents of inode {ino}"))?;
             }
         }
         Ok(())
@@ -394,19 +388,12 @@ impl Filesystem {
         let bs = self.block_size() as usize;
         for (i, chunk) in bytes.chunks(bs << 14).enumerate() {
             let at = pblk + (i * (1 << 14)) as u64;
+            let blocks = (chunk.len() / bs) as c_int;
             // SAFETY: open filesystem; `chunk` holds whole blocks (callers pad) and lives
             // through the call.
-            check(
-                unsafe {
-                    sys::io_channel_write_blk64(
-                        (*self.raw).io,
-                        at,
-                        (chunk.len() / bs) as c_int,
-                        chunk.as_ptr() as *const c_void,
-                    )
-                },
-                || format!("write blocks at {at}"),
-            )?;
+            let code =
+                unsafe { sys::io_channel_write_blk64((*self.raw).io, at, blocks, chunk.as_ptr() as *const c_void) };
+            check(code, || format!("write blocks at {at}"))?;
         }
         Ok(())
     }
