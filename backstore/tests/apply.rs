@@ -752,3 +752,41 @@ fn a_full_upper_fails_clearly() {
     assert_fails(&o, "No space left on device");
     drop(m);
 }
+
+#[test]
+fn the_layer_can_come_from_stdin_or_a_fifo() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let mut l = Layer::new();
+    l.add("x", Kind::File(random(100_000, 11)), &meta(0o644));
+    let bytes = l.finish();
+    let sum = format!("sha256:{}", sha256(&bytes));
+    // stdin
+    let img = p.join("a.img");
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let mut child = tool("overlaybd-apply")
+        .arg("-")
+        .arg(&img)
+        .args(["--raw", "--mkfs", "--checksum", &sum])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // a FIFO, written by another thread
+    let fifo = p.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (f2, b2) = (fifo.clone(), bytes.clone());
+    let writer =
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(f2).unwrap().write_all(&b2).unwrap());
+    let img2 = p.join("b.img");
+    std::fs::File::create(&img2).unwrap().set_len(64 << 20).unwrap();
+    let o = out(tool("overlaybd-apply").arg(&fifo).arg(&img2).args(["--raw", "--mkfs", "--checksum", &sum]));
+    writer.join().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = out(Command::new("e2fsck").arg("-fn").arg(&img2));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}

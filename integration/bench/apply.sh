@@ -4,36 +4,48 @@
 #   ceiling: `tar -x` onto a fresh ext4 on a loop device, then sync and unmount;
 #   ours:    overlaybd-apply into a fresh sparse writable layer (made with --mkfs) and
 #            overlaybd-commit -z -t of it: no device, no mount.
-# Two layers: a base layer (this machine's /usr/bin, /usr/lib and /usr/share, about 200 MB) and
+# Two layers: a base layer (a sample of this machine's /usr, /etc and /var/lib/dpkg, about 200 MB) and
 # a layer of large sparse files (4 x 288 MiB, mostly zeros, about 1.15 GB of tar). Prints MB/s of
 # uncompressed tar for both and ours as a ratio to the ceiling.
-# Usage: integration/bench/apply.sh [BASE_MB]
+# Each figure is the median of REPS runs. Usage: integration/bench/apply.sh [BASE_MB [REPS]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE_MB=${1:-200}
+REPS=${2:-3}
 B=$PWD/target/release
 [ -x $B/overlaybd-apply ] || { echo "build first: cargo build --release -p backstore"; exit 1; }
 W=$(mktemp -d /tmp/obd-apply-bench.XXXXXX)
 cleanup() { umount "$W/mnt" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
-# The layers.
-(cd / && find usr/bin usr/lib usr/share -xdev \( -type f -o -type l -o -type d \) 2>/dev/null | sort) > "$W/all"
-python3 - "$W/all" "$BASE_MB" > "$W/list" <<'PY'
-import os, sys
-limit = int(sys.argv[2]) << 20
-total = 0
-for p in open(sys.argv[1]).read().split("\n"):
-    if not p:
-        continue
+# The layers. The base layer is a sample of this machine's /usr, /etc and /var/lib/dpkg with
+# the file-size mix of a distribution base layer (many small files, some large ones): files
+# are taken in a fixed pseudo-random order until BASE_MB, with their parent directories.
+python3 - "$BASE_MB" > "$W/list" <<'PY'
+import hashlib, os, sys
+limit, total, picked = int(sys.argv[1]) << 20, 0, set()
+files = []
+for top in ("usr", "etc", "var/lib/dpkg"):
+    for d, dirs, names in os.walk("/" + top):
+        dirs.sort()
+        for n in sorted(names):
+            p = os.path.join(d, n)[1:]
+            if os.path.islink("/" + p) or os.path.isfile("/" + p):
+                files.append(p)
+files.sort(key=lambda p: hashlib.sha256(p.encode()).digest())
+for p in files:
     try:
-        st = os.lstat("/" + p)
+        total += os.lstat("/" + p).st_size
     except OSError:
         continue
-    total += st.st_size if not os.path.isdir("/" + p) else 0
-    print(p)
+    picked.add(p)
+    d = os.path.dirname(p)
+    while d and d not in picked:
+        picked.add(d)
+        d = os.path.dirname(d)
     if total > limit:
         break
+print("\n".join(sorted(picked)))
 PY
 tar -cf "$W/base.tar" -C / --no-recursion -T "$W/list" 2>/dev/null || true
 mkdir -p "$W/sparse"
@@ -75,11 +87,13 @@ ours() { # apply + commit in user space
   local e=$(date +%s.%N)
   python3 -c "print($e - $s)"
 }
+echo "base layer: $(wc -l < "$W/list") entries"
 printf '%-8s %10s %14s %14s %8s\n' layer "tar MB" "ceiling MB/s" "ours MB/s" ratio
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for l in base sparse; do
   size=$(stat -c %s "$W/$l.tar")
-  tc=$(ceiling "$W/$l.tar")
-  to=$(ours "$W/$l.tar")
+  tc=$(for r in $(seq $REPS); do ceiling "$W/$l.tar"; done | median)
+  to=$(for r in $(seq $REPS); do ours "$W/$l.tar"; done | median)
   printf '%-8s %10.1f %14s %14s %8s\n' $l "$(python3 -c "print($size/1e6)")" "$(mbps $size $tc)" "$(mbps $size $to)" \
     "$(python3 -c "print(f'{$tc / $to:.2f}')")"
 done

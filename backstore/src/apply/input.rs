@@ -9,30 +9,32 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
-/// Reads through and hashes what passes.
+/// Reads through, counting and (if asked) hashing what passes.
 pub struct Hashing<R> {
     inner: R,
-    hash: Sha256,
+    hash: Option<Sha256>,
     bytes: u64,
 }
 
 impl<R: Read> Hashing<R> {
-    /// Hashes what is read from `inner`.
-    pub fn new(inner: R) -> Self {
-        Hashing { inner, hash: Sha256::new(), bytes: 0 }
+    /// Counts what is read from `inner`, and hashes it if `hash`.
+    pub fn new(inner: R, hash: bool) -> Self {
+        Hashing { inner, hash: hash.then(Sha256::new), bytes: 0 }
     }
 
-    /// Reads the rest, then returns the hex sha256 and the byte count of everything read.
-    pub fn finish(mut self) -> std::io::Result<(String, u64)> {
+    /// Reads the rest, then returns the hex sha256 (if hashing) and the byte count.
+    pub fn finish(mut self) -> std::io::Result<(Option<String>, u64)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok((hex::encode(self.hash.finalize()), self.bytes))
+        Ok((self.hash.map(|h| hex::encode(h.finalize())), self.bytes))
     }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }

@@ -55,8 +55,8 @@ pub struct Args {
     /// DATA is a sealed layer; the second positional is OUT.
     #[arg(long = "commit_sealed")]
     pub commit_sealed: bool,
-    /// Compression threads.
-    #[arg(long = "compress_threads", default_value_t = 1)]
+    /// Compression threads (0: one per CPU; the output is the same for any number).
+    #[arg(long = "compress_threads", default_value_t = 0)]
     pub compress_threads: usize,
     /// Upload to a registry blob URL instead of writing OUT.
     #[arg(long)]
@@ -93,7 +93,11 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                     algorithm: Algorithm::from_name_lenient(&a.algorithm),
                     block_size: super::block_size_kib(a.block_size)?,
                     verify: true,
-                    threads: a.compress_threads.max(1),
+                    threads: if a.compress_threads == 0 {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    } else {
+                        a.compress_threads
+                    },
                 })
             })
             .transpose()?,
