@@ -18,6 +18,7 @@ pub mod error;
 pub mod frontend;
 pub mod io;
 pub mod lsmt;
+pub mod remote;
 pub mod stack;
 pub mod tar;
 pub mod tools;

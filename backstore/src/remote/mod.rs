@@ -1,0 +1,9 @@
+//! Remote layers: blobs read by byte range from a registry, through a local cache.
+//!
+//! * [`retry`]: the one retry policy every remote read follows (bounded tries and time);
+//! * [`auth`]: `WWW-Authenticate` challenges and Bearer tokens;
+//! * [`credentials`]: docker-format credential files.
+
+pub mod auth;
+pub mod credentials;
+pub mod retry;
