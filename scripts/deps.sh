@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs what the tools and tests need on a fresh Debian machine (idempotent; run as root or
 # with sudo available): e2fsprogs (debugfs, mkfs.ext4), libext2fs-dev (userspace ext4 editing),
-# libclang (to build the libublk and libext2fs bindings), pkg-config,
+# libclang (to build the libublk and libext2fs bindings), pkg-config, docker-registry (tests),
 # python3 with the zstandard and lz4 modules (for the independent reader obd_inspect.py), and the
 # Rust toolchain's fmt/clippy. The VM tests install qemu and fetch their kernel themselves.
 set -euo pipefail
@@ -16,6 +16,8 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 # the ext2fs crate binds the system libext2fs (found with pkg-config)
 dpkg -s libext2fs-dev >/dev/null 2>&1 || need_apt+=(libext2fs-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# the remote-layer tests run a real registry
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

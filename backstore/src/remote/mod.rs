@@ -2,8 +2,10 @@
 //!
 //! * [`retry`]: the one retry policy every remote read follows (bounded tries and time);
 //! * [`auth`]: `WWW-Authenticate` challenges and Bearer tokens;
-//! * [`credentials`]: docker-format credential files.
+//! * [`credentials`]: docker-format credential files;
+//! * [`registry`]: byte ranges of blobs over HTTP(S), authenticated, under the retry policy.
 
 pub mod auth;
 pub mod credentials;
+pub mod registry;
 pub mod retry;

@@ -1,0 +1,300 @@
+//! Byte ranges of registry blobs over HTTP(S): `GET <repoBlobUrl>/<digest>` with a `Range`
+//! header, following redirects to blob storage, authenticating as the registry asks
+//! (anonymous, Basic, or a Bearer token from its realm), under the [`RetryPolicy`].
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+
+use super::auth::{parse_challenge, Challenge, Token};
+use super::credentials::{registry_path, Credential, CredentialFile};
+use super::retry::{Failure, RetryPolicy};
+use crate::{Error, Result};
+
+/// Settings of a [`RegistryClient`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Credentials (none: anonymous, unless the registry asks and there is nothing to give).
+    pub credentials: Option<CredentialFile>,
+    /// Extra CA certificates (PEM) to trust, besides the built-in roots.
+    pub extra_roots_pem: Vec<Vec<u8>>,
+    /// The retry policy.
+    pub retry: RetryPolicy,
+    /// Connecting may take this long.
+    pub connect_timeout: Duration,
+    /// One request (headers and body) may take this long.
+    pub request_timeout: Duration,
+    /// User-Agent.
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            credentials: None,
+            extra_roots_pem: Vec::new(),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            user_agent: format!("overlaybd-rs/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Reads registry blobs by range; shared by all the layers of a process.
+pub struct RegistryClient {
+    http: Client,
+    opts: ClientOptions,
+    /// The `Authorization` value to send, per registry path (`host/repository`).
+    auth: Mutex<HashMap<String, Authorization>>,
+}
+
+#[derive(Clone)]
+enum Authorization {
+    Basic(HeaderValue),
+    Bearer { token: Token, challenge: Challenge },
+}
+
+/// What one try came to.
+type Try<T> = std::result::Result<T, Failure<Error>>;
+
+fn transient(what: &str, e: impl std::fmt::Display) -> Failure<Error> {
+    Failure::Transient(Error::io("registry", what, std::io::Error::other(e.to_string())))
+}
+
+fn permanent(what: &str, e: impl std::fmt::Display) -> Failure<Error> {
+    Failure::Permanent(Error::io("registry", what, std::io::Error::other(e.to_string())))
+}
+
+impl RegistryClient {
+    /// A client with `opts`.
+    pub fn new(opts: ClientOptions) -> Result<Self> {
+        let mut b = Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .timeout(opts.request_timeout)
+            .user_agent(opts.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::limited(10));
+        for pem in &opts.extra_roots_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| Error::InvalidArgument(format!("a CA certificate is not valid PEM: {e}")))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().map_err(|e| Error::InvalidArgument(format!("cannot make the HTTP client: {e}")))?;
+        Ok(RegistryClient { http, opts, auth: Mutex::new(HashMap::new()) })
+    }
+
+    /// `len` bytes of blob `digest` under `repo_blob_url`, from `offset`.
+    pub fn read_range(&self, repo_blob_url: &str, digest: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let url = format!("{}/{digest}", repo_blob_url.trim_end_matches('/'));
+        let what = format!("{url} bytes {offset}+{len}");
+        self.opts.retry.run(&what, |_| self.try_range(&url, offset, len)).map_err(|(e, tries)| {
+            Error::io(
+                &url,
+                format!("read bytes {offset}..{} ({tries} tries)", offset + len as u64),
+                std::io::Error::other(e.to_string()),
+            )
+        })
+    }
+
+    /// The size of blob `digest` (a HEAD request).
+    pub fn blob_size(&self, repo_blob_url: &str, digest: &str) -> Result<u64> {
+        let url = format!("{}/{digest}", repo_blob_url.trim_end_matches('/'));
+        self.opts
+            .retry
+            .run(&url, |_| {
+                let resp = self.send(&url, |c| c.head(&url))?;
+                if !resp.status().is_success() {
+                    return Err(status_failure(resp.status()));
+                }
+                // (reqwest's content_length() is the body's, which a HEAD answer has none of)
+                resp.headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| permanent("HEAD", "no Content-Length"))
+            })
+            .map_err(|(e, _)| Error::io(&url, "get the blob size", std::io::Error::other(e.to_string())))
+    }
+
+    /// One try of a range read.
+    fn try_range(&self, url: &str, offset: u64, len: usize) -> Try<Vec<u8>> {
+        let range = format!("bytes={}-{}", offset, offset + len as u64 - 1);
+        let resp = self.send(url, |c| c.get(url).header(RANGE, range.as_str()))?;
+        let status = resp.status();
+        let mut body = Vec::with_capacity(len);
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(transient("GET", format!("answer for the wrong range ({start:?}, asked {offset})")));
+                }
+                resp.take(len as u64).read_to_end(&mut body).map_err(|e| transient("read the body", e))?;
+            }
+            StatusCode::OK => {
+                // Range ignored: skip to the offset, take what was asked.
+                let mut r = resp;
+                std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
+                    .map_err(|e| transient("read the body", e))?;
+                r.take(len as u64).read_to_end(&mut body).map_err(|e| transient("read the body", e))?;
+            }
+            s => return Err(status_failure(s)),
+        }
+        if body.len() != len {
+            return Err(transient("GET", format!("short body: {} of {len} bytes", body.len())));
+        }
+        Ok(body)
+    }
+
+    /// Sends a request built by `make`, authenticating as the registry asks (at most twice).
+    fn send(&self, url: &str, make: impl Fn(&Client) -> reqwest::blocking::RequestBuilder) -> Try<Response> {
+        let key = registry_path(url).unwrap_or_else(|| url.to_string());
+        let mut fresh_credentials = false;
+        for round in 0..3 {
+            let mut req = make(&self.http);
+            if let Some(v) = self.current_auth(&key)? {
+                req = req.header(AUTHORIZATION, v);
+            }
+            let resp = req.send().map_err(|e| transient("send", e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge)
+                .ok_or_else(|| permanent("authenticate", format!("{url}: 401 without a usable WWW-Authenticate")))?;
+            if round == 2 || (fresh_credentials && round > 0) {
+                let source =
+                    self.opts.credentials.as_ref().map_or("no credential file".to_string(), |c| {
+                        format!("credentials from {}", c.path().display())
+                    });
+                tracing::error!(registry = %key, %source, "authentication failed");
+                return Err(permanent("authenticate", format!("{key}: authentication failed with {source}")));
+            }
+            // Re-read the credentials (a rotated password is picked up) and authenticate anew.
+            let cred = self.credential(url)?;
+            fresh_credentials = true;
+            self.authenticate(&key, url, &challenge, cred.as_ref())?;
+        }
+        Err(permanent("authenticate", format!("{key}: authentication failed")))
+    }
+
+    fn credential(&self, url: &str) -> Try<Option<Credential>> {
+        match &self.opts.credentials {
+            Some(f) => f.lookup(url).map_err(Failure::Permanent),
+            None => Ok(None),
+        }
+    }
+
+    /// The Authorization value for `key`, renewing an expired token first.
+    fn current_auth(&self, key: &str) -> Try<Option<HeaderValue>> {
+        let entry = self.auth.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        match entry {
+            None => Ok(None),
+            Some(Authorization::Basic(v)) => Ok(Some(v)),
+            Some(Authorization::Bearer { token, challenge }) => {
+                if !token.expired(Instant::now()) {
+                    return Ok(Some(bearer(&token.value)?));
+                }
+                let url = format!("https://{key}");
+                let cred = self.credential(&url)?;
+                let token = self.fetch_token(&challenge, cred.as_ref())?;
+                let v = bearer(&token.value)?;
+                self.auth
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.to_string(), Authorization::Bearer { token, challenge });
+                Ok(Some(v))
+            }
+        }
+    }
+
+    fn authenticate(&self, key: &str, url: &str, challenge: &Challenge, cred: Option<&Credential>) -> Try<()> {
+        let auth = match challenge {
+            Challenge::Basic => {
+                let c = cred.ok_or_else(|| {
+                    permanent("authenticate", format!("{key} asks for a password and there is no credential for it"))
+                })?;
+                Authorization::Basic(basic(c)?)
+            }
+            Challenge::Bearer { realm, service, scope } => {
+                let scope = scope.clone().or_else(|| {
+                    registry_path(url)
+                        .and_then(|p| p.split_once('/').map(|(_, repo)| format!("repository:{repo}:pull")))
+                });
+                let challenge = Challenge::Bearer { realm: realm.clone(), service: service.clone(), scope };
+                let token = self.fetch_token(&challenge, cred)?;
+                Authorization::Bearer { token, challenge }
+            }
+        };
+        self.auth.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), auth);
+        Ok(())
+    }
+
+    fn fetch_token(&self, challenge: &Challenge, cred: Option<&Credential>) -> Try<Token> {
+        let Challenge::Bearer { realm, service, scope } = challenge else {
+            return Err(permanent("token", "not a Bearer challenge"));
+        };
+        let mut req = self.http.get(realm.as_str());
+        let mut query = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s.as_str()));
+        }
+        if let Some(s) = scope {
+            query.push(("scope", s.as_str()));
+        }
+        req = req.query(&query);
+        if let Some(c) = cred {
+            req = req.header(AUTHORIZATION, basic(c)?);
+        }
+        let resp = req.send().map_err(|e| transient("get a token", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    permanent("get a token", format!("{realm} refused the credentials ({status})"))
+                }
+                s => status_failure(s),
+            });
+        }
+        let body = resp.bytes().map_err(|e| transient("read the token", e))?;
+        Token::from_json(&body, Instant::now())
+            .ok_or_else(|| permanent("get a token", format!("{realm} sent no token")))
+    }
+}
+
+fn basic(c: &Credential) -> Try<HeaderValue> {
+    let v =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password)));
+    HeaderValue::from_str(&v).map_err(|_| permanent("authenticate", "the credential holds characters a header cannot"))
+}
+
+fn bearer(t: &str) -> Try<HeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {t}"))
+        .map_err(|_| permanent("authenticate", "the token holds characters a header cannot"))
+}
+
+/// Which statuses are worth another try.
+fn status_failure(s: StatusCode) -> Failure<Error> {
+    if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT {
+        transient("GET", format!("HTTP {s}"))
+    } else {
+        permanent("GET", format!("HTTP {s}"))
+    }
+}
