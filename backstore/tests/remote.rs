@@ -37,10 +37,12 @@ fn a_missing_blob_fails_at_once_with_the_url() {
 #[test]
 fn an_unreachable_registry_gives_up_in_bounded_time() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut opts = ClientOptions::default();
-    opts.retry.deadline = Duration::from_secs(3);
-    opts.credentials = Some(CredentialFile::new("/nonexistent"));
-    let c = RegistryClient::new(opts).unwrap();
+    let c = RegistryClient::new(ClientOptions {
+        retry: backstore::remote::retry::RetryPolicy { deadline: Duration::from_secs(3), ..Default::default() },
+        credentials: Some(CredentialFile::new("/nonexistent")),
+        ..Default::default()
+    })
+    .unwrap();
     let start = Instant::now();
     let e = c.read_range(&format!("http://127.0.0.1:{port}/v2/x/blobs"), "sha256:00", 0, 10).unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(10));
@@ -60,12 +62,12 @@ fn basic_auth_behind_tls_with_a_credential_file() {
         std::fs::write(&cred, format!(r#"{{"auths":{{"{host}":{{"username":"alice","password":"{pw}"}}}}}}"#)).unwrap()
     };
     let client = |with_cred: bool| {
-        let mut o = ClientOptions::default();
-        o.extra_roots_pem = vec![reg.ca_pem.clone().unwrap()];
-        if with_cred {
-            o.credentials = Some(CredentialFile::new(&cred));
-        }
-        RegistryClient::new(o).unwrap()
+        RegistryClient::new(ClientOptions {
+            extra_roots_pem: vec![reg.ca_pem.clone().unwrap()],
+            credentials: with_cred.then(|| CredentialFile::new(&cred)),
+            ..Default::default()
+        })
+        .unwrap()
     };
     // a wrong password: a clear, fast error naming the registry and the credential file
     write_cred("wrong");
