@@ -20,6 +20,13 @@ pub trait ReadAt: Send + Sync {
     /// A name for error messages (normally the path).
     fn name(&self) -> &str;
 
+    /// Forgets any cached copy of `len` bytes at `offset`, because a reader found them wrong
+    /// (a checksum failed); returns true if reading again may give other bytes. Sources without
+    /// a cache return false.
+    fn invalidate(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset` or fails with [`Error::Truncated`].
     fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
         let n = self.read_at(buf, offset)?;
@@ -45,6 +52,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     }
     fn name(&self) -> &str {
         (**self).name()
+    }
+    fn invalidate(&self, offset: u64, len: u64) -> bool {
+        (**self).invalidate(offset, len)
     }
 }
 
@@ -168,6 +178,9 @@ impl ReadAt for Window {
     }
     fn name(&self) -> &str {
         self.inner.name()
+    }
+    fn invalidate(&self, offset: u64, len: u64) -> bool {
+        self.inner.invalidate(self.offset + offset, len)
     }
 }
 

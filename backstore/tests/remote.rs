@@ -94,3 +94,69 @@ fn basic_auth_behind_tls_with_a_credential_file() {
 fn quick_retry() -> backstore::remote::retry::RetryPolicy {
     backstore::remote::retry::RetryPolicy { attempts: 2, deadline: Duration::from_secs(2), ..Default::default() }
 }
+
+/// Bytes each GET of the registry's log wrote (from its `http.response.written` fields).
+fn written_per_get(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("response completed") && l.contains("http.request.method=GET") && l.contains("/blobs/"))
+        .filter_map(|l| l.split("http.response.written=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
+    common::kernel::require_root();
+    let reg = Registry::start();
+    let layer = std::fs::read(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap();
+    let digest = reg.push_blob("library/hello-world", &layer);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let global = p.join("overlaybd.json");
+    std::fs::write(
+        &global,
+        format!(
+            r#"{{"cacheConfig":{{"cacheType":"file","cacheDir":"{}","cacheSizeGB":1}},"credentialConfig":{{"mode":"file","path":"{}"}}}}"#,
+            p.join("cache").display(),
+            p.join("cred.json").display()
+        ),
+    )
+    .unwrap();
+    let cfg = p.join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"repoBlobUrl":"{}","lowers":[{{"digest":"{digest}","size":{},"dir":"{}"}}],"resultFile":"{}"}}"#,
+            reg.blob_url("library/hello-world"),
+            layer.len(),
+            p.join("layer-dir").display(),
+            p.join("result").display()
+        ),
+    )
+    .unwrap();
+    let a =
+        common::kernel::Attach::start_with(&cfg, &p.join("run"), &["--service_config_path", global.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(p.join("result")).unwrap(), "success");
+    {
+        let m = common::kernel::Mount::new(&a.device, &p.join("mnt"), true);
+        let hello = std::fs::read(m.0.join("hello")).unwrap();
+        assert_eq!(sha256(&hello), "d3f7d10e296e5c626ea78539cb38cd8dffd043bea3627da35ce3b20c0ac68014");
+    }
+    a.stop();
+    let gets = written_per_get(&reg.log_text());
+    assert!(!gets.is_empty(), "no blob reads in the registry log:\n{}", reg.log_text());
+    assert!(gets.iter().all(|&w| w <= 256 << 10), "a read larger than a chunk: {gets:?}");
+    assert!(gets.iter().sum::<u64>() < layer.len() as u64 * 2, "{gets:?}");
+    // the cache has the chunks: a second attach reads nothing more from the registry
+    let before = written_per_get(&reg.log_text()).len();
+    let a =
+        common::kernel::Attach::start_with(&cfg, &p.join("run"), &["--service_config_path", global.to_str().unwrap()]);
+    {
+        let m = common::kernel::Mount::new(&a.device, &p.join("mnt"), true);
+        assert_eq!(
+            sha256(&std::fs::read(m.0.join("hello")).unwrap()),
+            "d3f7d10e296e5c626ea78539cb38cd8dffd043bea3627da35ce3b20c0ac68014"
+        );
+    }
+    a.stop();
+    assert_eq!(written_per_get(&reg.log_text()).len(), before, "the second attach went to the registry");
+}

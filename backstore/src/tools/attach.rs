@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::device::{open_device, LocalSource};
 use crate::frontend::{self, fuse_loop, tcmu, ublk, FrontendKind};
+use crate::remote::source::RemoteSource;
 
 /// Attaches an overlaybd device and serves it until SIGINT/SIGTERM.
 #[derive(Parser, Debug)]
@@ -34,6 +35,9 @@ pub struct Args {
     /// ublk and TCMU devices whose server is gone), then exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// The global config (credentials and cache for remote layers), as the reference's.
+    #[arg(long = "service_config_path", default_value = config::global::DEFAULT_PATH)]
+    pub service_config_path: PathBuf,
     /// Debug logging.
     #[arg(long)]
     pub verbose: bool,
@@ -70,8 +74,20 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     // Devices attached so far are detached (by drop) if a later one fails.
     let mut attached = Vec::new();
+    let mut remote: Option<RemoteSource> = None;
     for config in &a.config {
-        let stack = open_device(config, &LocalSource).with_context(|| format!("opening {}", config.display()))?;
+        let cfg = config::DeviceConfig::load(config).with_context(|| format!("reading {}", config.display()))?;
+        let needs_remote = cfg.lowers.iter().any(|l| l.local_path().is_none() && !l.digest.is_empty());
+        let stack = if needs_remote {
+            if remote.is_none() {
+                let g = config::GlobalConfig::load_json(&a.service_config_path)?;
+                remote = Some(RemoteSource::from_global(&g).context("setting up remote layers")?);
+            }
+            open_device(config, remote.as_ref().context("remote source")?)
+        } else {
+            open_device(config, &LocalSource)
+        }
+        .with_context(|| format!("opening {}", config.display()))?;
         let id = a.id.clone().unwrap_or_else(|| id_for(config));
         let dev = frontend::attach(kind, Arc::new(stack), &id, &a.run_dir)
             .with_context(|| format!("attaching {}", config.display()))?;

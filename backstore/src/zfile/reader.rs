@@ -244,7 +244,17 @@ impl ZFile {
             }
             let data = if self.header.verify {
                 if self.verify {
-                    self.check_crc(i, off, stored)?;
+                    if let Err(e) = self.check_crc(i, off, stored) {
+                        // A cached copy may be what is wrong: drop it and read once more.
+                        if !self.src.invalidate(off, len as u64) {
+                            return Err(e);
+                        }
+                        tracing::warn!(file = self.src.name(), block = i, "checksum failed: reading the block again");
+                        if self.src.read_at(stored, off)? < len {
+                            return Err(e);
+                        }
+                        self.check_crc(i, off, stored)?;
+                    }
                 }
                 &stored[..len - 4]
             } else {

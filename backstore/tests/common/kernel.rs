@@ -24,9 +24,15 @@ pub struct Attach {
 
 impl Attach {
     pub fn start(config: &Path, run_dir: &Path) -> Attach {
+        Attach::start_with(config, run_dir, &[])
+    }
+
+    /// As [`Attach::start`], with extra arguments.
+    pub fn start_with(config: &Path, run_dir: &Path, extra: &[&str]) -> Attach {
         let mut child = Command::new(bin("overlaybd-attach"))
             .args(["--frontend", "fuse-loop", "--run-dir"])
             .arg(run_dir)
+            .args(extra)
             .arg(config)
             .stdout(Stdio::piped())
             .spawn()

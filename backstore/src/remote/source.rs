@@ -1,0 +1,74 @@
+//! Lower layers from local files or, when a config gives a `digest` and `repoBlobUrl`, from
+//! the registry through the cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use config::global::GlobalConfig;
+use config::{DeviceConfig, LowerLayer};
+
+use super::blob::RemoteBlob;
+use super::cache::BlobCache;
+use super::credentials::CredentialFile;
+use super::registry::{ClientOptions, RegistryClient};
+use crate::device::{LayerSource, LocalSource};
+use crate::io::ReadAt;
+use crate::{Error, Result};
+
+/// Local layers first, remote ones otherwise.
+pub struct RemoteSource {
+    client: Arc<RegistryClient>,
+    cache: Option<Arc<BlobCache>>,
+}
+
+impl RemoteSource {
+    /// A source with `client` and an optional `cache`.
+    pub fn new(client: Arc<RegistryClient>, cache: Option<Arc<BlobCache>>) -> Self {
+        RemoteSource { client, cache }
+    }
+
+    /// The source the global settings describe: credentials (`file` mode), the file cache.
+    pub fn from_global(g: &GlobalConfig) -> Result<Self> {
+        let (mode, path) = g.credentials();
+        let credentials = match mode.as_str() {
+            "file" if !path.is_empty() => Some(CredentialFile::new(path)),
+            "file" => None,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "credentialConfig.mode {other:?} is not available yet: use \"file\""
+                )))
+            }
+        };
+        let mut opts = ClientOptions { credentials, ..Default::default() };
+        if !g.user_agent.is_empty() {
+            opts.user_agent = g.user_agent.clone();
+        }
+        let client = Arc::new(RegistryClient::new(opts)?);
+        let c = g.cache();
+        let cache = match c.cache_type.as_str() {
+            "file" | "" => Some(BlobCache::open(Path::new(&c.dir), c.size_bytes, c.refill_size)?),
+            other => {
+                tracing::warn!(cache_type = other, "unsupported cache type: reading without a cache");
+                None
+            }
+        };
+        Ok(RemoteSource { client, cache })
+    }
+}
+
+impl LayerSource for RemoteSource {
+    fn open(&self, cfg: &DeviceConfig, index: usize, layer: &LowerLayer) -> Result<Arc<dyn ReadAt>> {
+        if layer.local_path().is_some() || layer.digest.is_empty() {
+            return LocalSource.open(cfg, index, layer);
+        }
+        if cfg.repo_blob_url.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "lower {index} ({}) has no local file and the config has no repoBlobUrl",
+                layer.digest
+            )));
+        }
+        let size =
+            if layer.size > 0 { layer.size } else { self.client.blob_size(&cfg.repo_blob_url, &layer.digest)? };
+        Ok(Arc::new(RemoteBlob::new(self.client.clone(), &cfg.repo_blob_url, &layer.digest, size, self.cache.clone())))
+    }
+}
