@@ -160,3 +160,130 @@ fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
     a.stop();
     assert_eq!(written_per_get(&reg.log_text()).len(), before, "the second attach went to the registry");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Faults, through the fault-injecting proxy
+
+use backstore::io::{LocalFile, ReadAt};
+use backstore::remote::blob::RemoteBlob;
+use backstore::remote::cache::BlobCache;
+use backstore::remote::retry::RetryPolicy;
+use common::proxy::{Fault, Proxy};
+use std::sync::Arc;
+
+struct Faulty {
+    _reg: Registry,
+    proxy: Proxy,
+    blob: Vec<u8>,
+    digest: String,
+    url: String,
+}
+
+fn faulty() -> Faulty {
+    let reg = Registry::start();
+    let blob = std::fs::read(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap();
+    let digest = reg.push_blob("library/hello", &blob);
+    let proxy = Proxy::start(reg.base.trim_start_matches("http://"));
+    let url = format!("{}/v2/library/hello/blobs", proxy.base);
+    Faulty { _reg: reg, proxy, blob, digest, url }
+}
+
+fn client(deadline_s: u64) -> Arc<RegistryClient> {
+    Arc::new(
+        RegistryClient::new(ClientOptions {
+            retry: RetryPolicy {
+                attempts: 5,
+                first_pause: Duration::from_millis(20),
+                max_pause: Duration::from_millis(200),
+                deadline: Duration::from_secs(deadline_s),
+            },
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+#[test]
+fn transient_faults_are_retried_to_the_right_bytes() {
+    let f = faulty();
+    let c = client(10);
+    for fault in [
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Reset,
+        Fault::Slow(Duration::from_millis(300)),
+        Fault::Truncate(100),
+    ] {
+        f.proxy.push(&[fault.clone(), fault.clone()]);
+        let got = c.read_range(&f.url, &f.digest, 1536, 8192).unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert!(got == f.blob[1536..1536 + 8192], "{fault:?}: wrong bytes");
+    }
+}
+
+#[test]
+fn persistent_faults_end_in_bounded_time_with_an_error() {
+    let f = faulty();
+    let c = client(3);
+    for fault in [Fault::Status(503), Fault::Reset, Fault::Truncate(10), Fault::Slow(Duration::from_secs(5))] {
+        f.proxy.always(Some(fault.clone()));
+        let start = Instant::now();
+        let r = c.read_range(&f.url, &f.digest, 0, 4096);
+        assert!(r.is_err(), "{fault:?} gave data");
+        assert!(start.elapsed() < Duration::from_secs(10), "{fault:?} took {:?}", start.elapsed());
+    }
+    f.proxy.always(None);
+    assert!(c.read_range(&f.url, &f.digest, 0, 4096).unwrap() == f.blob[..4096]);
+}
+
+#[test]
+fn wrong_bytes_are_never_served_and_the_cache_heals() {
+    let f = faulty();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 64 << 20, 256 << 10).unwrap();
+    let remote: Arc<dyn ReadAt> =
+        Arc::new(RemoteBlob::new(client(5), &f.url, &f.digest, f.blob.len() as u64, Some(cache.clone())));
+    let ours = backstore::detect::unwrap(remote, true).unwrap();
+    let theirs = backstore::detect::unwrap(
+        Arc::new(LocalFile::open(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap()),
+        true,
+    )
+    .unwrap();
+    let z = ours.zfile.clone().unwrap();
+    let tar_base = ours.tar.as_ref().map_or(0, |t| t.offset);
+    // the block holding the middle of chunk 1 of the blob, where the proxy flips a byte
+    let target = (256u64 << 10) + (128 << 10) - tar_base;
+    let block = (0..z.blocks()).find(|&i| z.block_offset(i) <= target && target < z.block_offset(i + 1)).unwrap();
+    let at = block * z.block_size();
+    let mut want = vec![0u8; 4096];
+    theirs.inner.read_at(&mut want, at).unwrap();
+    // every answer corrupted: an error, never the wrong bytes
+    f.proxy.always(Some(Fault::Corrupt));
+    let mut got = vec![0u8; 4096];
+    let e = ours.inner.read_at(&mut got, at).unwrap_err();
+    assert!(e.to_string().contains("corrupt") || e.to_string().contains("checksum"), "{e}");
+    let hex = f.digest.trim_start_matches("sha256:");
+    assert!(!dir.path().join(&hex[..2]).join(hex).join("1").exists(), "a corrupt chunk stayed in the cache");
+    // one corrupted answer: the bad chunk is dropped, fetched again, and right
+    f.proxy.always(None);
+    f.proxy.push(&[Fault::Corrupt]);
+    ours.inner.read_at(&mut got, at).unwrap();
+    assert!(got == want);
+    // and what stays cached is right: reads without the registry give the same bytes
+    f.proxy.always(Some(Fault::Status(500)));
+    ours.inner.read_at(&mut got, at).unwrap();
+    assert!(got == want);
+}
+
+#[test]
+fn bearer_tokens_are_fetched_and_renewed_when_they_expire() {
+    let f = faulty();
+    f.proxy.require_bearer(1);
+    let c = client(5);
+    assert!(c.read_range(&f.url, &f.digest, 0, 512).unwrap() == f.blob[..512]);
+    let first = f.proxy.token_requests();
+    assert!(first >= 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(c.read_range(&f.url, &f.digest, 512, 512).unwrap() == f.blob[512..1024]);
+    assert!(f.proxy.token_requests() > first, "the expired token was not renewed");
+}

@@ -253,7 +253,11 @@ impl ZFile {
                         if self.src.read_at(stored, off)? < len {
                             return Err(e);
                         }
-                        self.check_crc(i, off, stored)?;
+                        if let Err(e) = self.check_crc(i, off, stored) {
+                            // Still wrong: keep no copy of it either.
+                            self.src.invalidate(off, len as u64);
+                            return Err(e);
+                        }
                     }
                 }
                 &stored[..len - 4]
