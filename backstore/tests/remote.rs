@@ -287,3 +287,107 @@ fn bearer_tokens_are_fetched_and_renewed_when_they_expire() {
     assert!(c.read_range(&f.url, &f.digest, 512, 512).unwrap() == f.blob[512..1024]);
     assert!(f.proxy.token_requests() > first, "the expired token was not renewed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Background download
+
+use backstore::remote::download::{self, DownloadOptions};
+
+fn wait_for(p: &std::path::Path, secs: u64) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if p.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn the_background_download_keeps_its_rate_verifies_and_switches_reads_to_the_file() {
+    let f = faulty();
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Arc::new(RemoteBlob::new(client(10), &f.url, &f.digest, f.blob.len() as u64, None));
+    let opts = DownloadOptions {
+        delay: Duration::from_millis(0),
+        delay_extra: Duration::ZERO,
+        max_bytes_per_sec: 1_000_000,
+        tries: 2,
+        block_size: 64 << 10,
+    };
+    let start = Instant::now();
+    download::spawn(&blob, dir.path().to_path_buf(), opts);
+    let done = download::committed_path(dir.path());
+    assert!(wait_for(&done, 30), "the download did not finish");
+    let secs = start.elapsed().as_secs_f64();
+    let rate = f.blob.len() as f64 / secs / 1e6;
+    println!("downloaded {} bytes in {secs:.2} s: {rate:.2} MB/s against a limit of 1 MB/s", f.blob.len());
+    assert!(rate < 1.2, "the rate limit did not hold: {rate:.2} MB/s");
+    assert_eq!(std::fs::read(&done).unwrap(), f.blob);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !blob.is_local() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(blob.is_local());
+    // reads no longer need the registry
+    f.proxy.always(Some(Fault::Status(500)));
+    let mut buf = vec![0u8; 4096];
+    blob.read_at(&mut buf, 1536).unwrap();
+    assert!(buf == f.blob[1536..1536 + 4096]);
+}
+
+#[test]
+fn a_stopped_download_resumes_where_it_stopped() {
+    let f = faulty();
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("overlaybd.commit.download");
+    let slow = DownloadOptions {
+        delay: Duration::ZERO,
+        delay_extra: Duration::ZERO,
+        max_bytes_per_sec: 300_000,
+        tries: 1,
+        block_size: 64 << 10,
+    };
+    let blob = Arc::new(RemoteBlob::new(client(10), &f.url, &f.digest, f.blob.len() as u64, None));
+    download::spawn(&blob, dir.path().to_path_buf(), slow.clone());
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 192 << 10 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(blob); // the device goes away: the download stops
+    std::thread::sleep(Duration::from_millis(400));
+    let have = std::fs::metadata(&part).unwrap().len();
+    assert!(have >= 192 << 10 && have < f.blob.len() as u64, "{have}");
+    let before = f.proxy.seen().len();
+    let blob = Arc::new(RemoteBlob::new(client(10), &f.url, &f.digest, f.blob.len() as u64, None));
+    download::spawn(&blob, dir.path().to_path_buf(), DownloadOptions { max_bytes_per_sec: 0, ..slow });
+    assert!(wait_for(&download::committed_path(dir.path()), 30));
+    assert_eq!(std::fs::read(download::committed_path(dir.path())).unwrap(), f.blob);
+    let resumed = &f.proxy.seen()[before..];
+    let first = resumed.iter().map(|(_, _, r)| r.clone()).next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("bytes={}-", have)) || first.starts_with(&format!("bytes={}", have)),
+        "resumed with {first:?}, have {have}"
+    );
+}
+
+#[test]
+fn a_download_with_wrong_bytes_is_thrown_away() {
+    let f = faulty();
+    f.proxy.always(Some(Fault::Corrupt));
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Arc::new(RemoteBlob::new(client(10), &f.url, &f.digest, f.blob.len() as u64, None));
+    let opts = DownloadOptions {
+        delay: Duration::ZERO,
+        delay_extra: Duration::ZERO,
+        max_bytes_per_sec: 0,
+        tries: 1,
+        block_size: 256 << 10,
+    };
+    download::spawn(&blob, dir.path().to_path_buf(), opts);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!download::committed_path(dir.path()).exists(), "a corrupt download was kept");
+    assert!(!dir.path().join("overlaybd.commit.download").exists(), "the corrupt partial file stayed");
+    assert!(!blob.is_local());
+}

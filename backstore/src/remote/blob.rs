@@ -1,10 +1,10 @@
 //! A registry blob read by range, through the chunk cache.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::cache::BlobCache;
 use super::registry::RegistryClient;
-use crate::io::ReadAt;
+use crate::io::{LocalFile, ReadAt};
 use crate::{Error, Result};
 
 /// Bytes per fetch when there is no cache.
@@ -18,6 +18,8 @@ pub struct RemoteBlob {
     size: u64,
     cache: Option<Arc<BlobCache>>,
     name: String,
+    /// The downloaded copy, once there is one: reads go there.
+    local: RwLock<Option<Arc<LocalFile>>>,
 }
 
 impl RemoteBlob {
@@ -30,7 +32,35 @@ impl RemoteBlob {
         cache: Option<Arc<BlobCache>>,
     ) -> Self {
         let name = format!("{}/{digest}", repo_blob_url.trim_end_matches('/'));
-        RemoteBlob { client, repo_blob_url: repo_blob_url.to_string(), digest: digest.to_string(), size, cache, name }
+        RemoteBlob {
+            client,
+            repo_blob_url: repo_blob_url.to_string(),
+            digest: digest.to_string(),
+            size,
+            cache,
+            name,
+            local: RwLock::new(None),
+        }
+    }
+
+    /// The blob's digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Bytes straight from the registry, bypassing the cache (the background download).
+    pub fn fetch_uncached(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.client.read_range(&self.repo_blob_url, &self.digest, offset, len)
+    }
+
+    /// From now on, reads come from `local` (the verified downloaded copy).
+    pub fn switch_to_local(&self, local: Arc<LocalFile>) {
+        *self.local.write().unwrap_or_else(|p| p.into_inner()) = Some(local);
+    }
+
+    /// True once reads come from a local copy.
+    pub fn is_local(&self) -> bool {
+        self.local.read().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     fn chunk_size(&self) -> u64 {
@@ -54,6 +84,10 @@ impl ReadAt for RemoteBlob {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
         if offset >= self.size {
             return Ok(0);
+        }
+        let local = self.local.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(l) = local {
+            return l.read_at(buf, offset);
         }
         let n = buf.len().min((self.size - offset) as usize);
         let cs = self.chunk_size();

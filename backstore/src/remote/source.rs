@@ -10,6 +10,7 @@ use config::{DeviceConfig, LowerLayer};
 use super::blob::RemoteBlob;
 use super::cache::BlobCache;
 use super::credentials::CredentialFile;
+use super::download::{self, DownloadOptions};
 use super::registry::{ClientOptions, RegistryClient};
 use crate::device::{LayerSource, LocalSource};
 use crate::io::ReadAt;
@@ -19,12 +20,19 @@ use crate::{Error, Result};
 pub struct RemoteSource {
     client: Arc<RegistryClient>,
     cache: Option<Arc<BlobCache>>,
+    download: Option<DownloadOptions>,
 }
 
 impl RemoteSource {
     /// A source with `client` and an optional `cache`.
     pub fn new(client: Arc<RegistryClient>, cache: Option<Arc<BlobCache>>) -> Self {
-        RemoteSource { client, cache }
+        RemoteSource { client, cache, download: None }
+    }
+
+    /// Downloads whole blobs in the background (into each lower's `dir`) with `opts`.
+    pub fn with_download(mut self, opts: Option<DownloadOptions>) -> Self {
+        self.download = opts;
+        self
     }
 
     /// The source the global settings describe: credentials (`file` mode), the file cache.
@@ -52,7 +60,8 @@ impl RemoteSource {
                 None
             }
         };
-        Ok(RemoteSource { client, cache })
+        let download = g.download.enable.then(|| DownloadOptions::from_config(&g.download));
+        Ok(RemoteSource { client, cache, download })
     }
 }
 
@@ -69,6 +78,18 @@ impl LayerSource for RemoteSource {
         }
         let size =
             if layer.size > 0 { layer.size } else { self.client.blob_size(&cfg.repo_blob_url, &layer.digest)? };
-        Ok(Arc::new(RemoteBlob::new(self.client.clone(), &cfg.repo_blob_url, &layer.digest, size, self.cache.clone())))
+        let blob =
+            Arc::new(RemoteBlob::new(self.client.clone(), &cfg.repo_blob_url, &layer.digest, size, self.cache.clone()));
+        // A device's own `download` section overrides the global one.
+        let opts = match &cfg.download {
+            Some(v) => serde_json::from_value::<config::global::DownloadConfig>(v.clone())
+                .ok()
+                .and_then(|d| d.enable.then(|| DownloadOptions::from_config(&d))),
+            None => self.download.clone(),
+        };
+        if let (Some(o), false) = (opts, layer.dir.is_empty()) {
+            download::spawn(&blob, std::path::PathBuf::from(&layer.dir), o);
+        }
+        Ok(blob)
     }
 }
