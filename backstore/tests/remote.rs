@@ -172,7 +172,7 @@ use common::proxy::{Fault, Proxy};
 use std::sync::Arc;
 
 struct Faulty {
-    _reg: Registry,
+    reg: Registry,
     proxy: Proxy,
     blob: Vec<u8>,
     digest: String,
@@ -185,7 +185,7 @@ fn faulty() -> Faulty {
     let digest = reg.push_blob("library/hello", &blob);
     let proxy = Proxy::start(reg.base.trim_start_matches("http://"));
     let url = format!("{}/v2/library/hello/blobs", proxy.base);
-    Faulty { _reg: reg, proxy, blob, digest, url }
+    Faulty { reg, proxy, blob, digest, url }
 }
 
 fn client(deadline_s: u64) -> Arc<RegistryClient> {
@@ -390,4 +390,21 @@ fn a_download_with_wrong_bytes_is_thrown_away() {
     assert!(!download::committed_path(dir.path()).exists(), "a corrupt download was kept");
     assert!(!dir.path().join("overlaybd.commit.download").exists(), "the corrupt partial file stayed");
     assert!(!blob.is_local());
+}
+
+#[test]
+fn a_p2p_prefix_and_mirrors_are_tried_before_the_registry() {
+    let f = faulty();
+    let origin = f.url.clone();
+    // the P2P proxy answers: the origin is not asked
+    let c =
+        RegistryClient::new(ClientOptions { p2p_prefix: Some(format!("{}/p2p", f.proxy.base)), ..Default::default() })
+            .unwrap();
+    let before = f.proxy.seen().len();
+    assert!(c.read_range(&f.reg.blob_url("library/hello"), &f.digest, 0, 4096).unwrap() == f.blob[..4096]);
+    assert_eq!(f.proxy.seen().len(), before + 1, "the P2P prefix was not used");
+    // a mirror without the blob: the registry answers
+    let empty = Registry::start();
+    let c = RegistryClient::new(ClientOptions { mirrors: vec![empty.base.clone()], ..Default::default() }).unwrap();
+    assert!(c.read_range(&origin, &f.digest, 100, 1000).unwrap() == f.blob[100..1100]);
 }

@@ -32,6 +32,12 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// User-Agent.
     pub user_agent: String,
+    /// Mirrors tried before the registry: each replaces the scheme and host of a blob URL
+    /// (`https://mirror.example:5000`).
+    pub mirrors: Vec<String>,
+    /// A P2P proxy prefix tried first (the reference's `p2pConfig.address`): the request goes
+    /// to `<prefix>/<blob URL>`.
+    pub p2p_prefix: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +49,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             user_agent: format!("overlaybd-rs/{}", env!("CARGO_PKG_VERSION")),
+            mirrors: Vec::new(),
+            p2p_prefix: None,
         }
     }
 }
@@ -96,7 +104,8 @@ impl RegistryClient {
         }
         let url = format!("{}/{digest}", repo_blob_url.trim_end_matches('/'));
         let what = format!("{url} bytes {offset}+{len}");
-        self.opts.retry.run(&what, |_| self.try_range(&url, offset, len)).map_err(|(e, tries)| {
+        let candidates = self.candidates(&url);
+        self.opts.retry.run(&what, |_| self.try_candidates(&candidates, offset, len)).map_err(|(e, tries)| {
             Error::io(
                 &url,
                 format!("read bytes {offset}..{} ({tries} tries)", offset + len as u64),
@@ -123,6 +132,48 @@ impl RegistryClient {
                     .ok_or_else(|| permanent("HEAD", "no Content-Length"))
             })
             .map_err(|(e, _)| Error::io(&url, "get the blob size", std::io::Error::other(e.to_string())))
+    }
+
+    /// Where to ask, in order: the P2P proxy, the mirrors, the registry.
+    fn candidates(&self, url: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(p) = &self.opts.p2p_prefix {
+            v.push(format!("{}/{url}", p.trim_end_matches('/')));
+        }
+        if let Some((_, rest)) = url.split_once("://") {
+            let path = rest.split_once('/').map_or("", |(_, p)| p);
+            for m in &self.opts.mirrors {
+                v.push(format!("{}/{path}", m.trim_end_matches('/')));
+            }
+        }
+        v.push(url.to_string());
+        v
+    }
+
+    /// One try over the candidates: the first that answers wins; transient if any failure was.
+    fn try_candidates(&self, candidates: &[String], offset: u64, len: usize) -> Try<Vec<u8>> {
+        let mut transient_seen = false;
+        let mut last = None;
+        for c in candidates {
+            match self.try_range(c, offset, len) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Transient(e)) => {
+                    if candidates.len() > 1 {
+                        tracing::debug!(url = %c, error = %e, "falling back");
+                    }
+                    transient_seen = true;
+                    last = Some(e);
+                }
+                Err(Failure::Permanent(e)) => {
+                    if candidates.len() > 1 {
+                        tracing::debug!(url = %c, error = %e, "falling back");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| Error::InvalidArgument("no URL to read from".into()));
+        Err(if transient_seen { Failure::Transient(e) } else { Failure::Permanent(e) })
     }
 
     /// One try of a range read.

@@ -47,7 +47,12 @@ impl RemoteSource {
                 )))
             }
         };
-        let mut opts = ClientOptions { credentials, ..Default::default() };
+        let mut opts = ClientOptions {
+            credentials,
+            mirrors: g.mirrors.clone(),
+            p2p_prefix: g.p2p_config.enable.then(|| g.p2p_config.address.clone()),
+            ..Default::default()
+        };
         if !g.user_agent.is_empty() {
             opts.user_agent = g.user_agent.clone();
         }

@@ -102,7 +102,16 @@ fn serve(mut c: TcpStream, upstream: &str, base: &str, st: &Mutex<State>) -> std
             break;
         }
     }
-    let first = head.lines().next().unwrap_or("").to_string();
+    let mut first = head.lines().next().unwrap_or("").to_string();
+    // as a P2P prefix: "/p2p/http://host:port/v2/..." is the registry's "/v2/..."
+    if let Some(i) = first.find(" /p2p/") {
+        let rest = &first[i + 6..];
+        if let Some(after) = rest.split_once("://").map(|(_, r)| r) {
+            let path = after.find('/').map_or("/", |j| &after[j..]);
+            first = format!("{} {}", &first[..i], path);
+            head = head.replacen(head.lines().next().unwrap_or(""), &first, 1);
+        }
+    }
     let mut parts = first.split_whitespace();
     let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
     let header = |name: &str| {
