@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backstore::remote::credentials::CredentialFile;
+use backstore::remote::credentials::{CredentialFile, CredentialServer, Credentials};
 use backstore::remote::registry::{ClientOptions, RegistryClient};
 use common::registry::Registry;
 use common::*;
@@ -39,7 +40,7 @@ fn an_unreachable_registry_gives_up_in_bounded_time() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let c = RegistryClient::new(ClientOptions {
         retry: backstore::remote::retry::RetryPolicy { deadline: Duration::from_secs(3), ..Default::default() },
-        credentials: Some(CredentialFile::new("/nonexistent")),
+        credentials: Some(Arc::new(CredentialFile::new("/nonexistent"))),
         ..Default::default()
     })
     .unwrap();
@@ -64,7 +65,7 @@ fn basic_auth_behind_tls_with_a_credential_file() {
     let client = |with_cred: bool| {
         RegistryClient::new(ClientOptions {
             extra_roots_pem: vec![reg.ca_pem.clone().unwrap()],
-            credentials: with_cred.then(|| CredentialFile::new(&cred)),
+            credentials: with_cred.then(|| Arc::new(CredentialFile::new(&cred)) as Arc<dyn Credentials>),
             ..Default::default()
         })
         .unwrap()
@@ -169,7 +170,6 @@ use backstore::remote::blob::RemoteBlob;
 use backstore::remote::cache::BlobCache;
 use backstore::remote::retry::RetryPolicy;
 use common::proxy::{Fault, Proxy};
-use std::sync::Arc;
 
 struct Faulty {
     reg: Registry,
@@ -407,4 +407,62 @@ fn a_p2p_prefix_and_mirrors_are_tried_before_the_registry() {
     let empty = Registry::start();
     let c = RegistryClient::new(ClientOptions { mirrors: vec![empty.base.clone()], ..Default::default() }).unwrap();
     assert!(c.read_range(&origin, &f.digest, 100, 1000).unwrap() == f.blob[100..1100]);
+}
+
+/// A credential server answering every request with `body`; returns its URL and the request
+/// lines it saw.
+fn credential_server(body: String) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/auth", l.local_addr().unwrap());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = r.read_line(&mut first);
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            s2.lock().unwrap().push(first);
+            let mut c = c;
+            let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_credential_server_supplies_the_password() {
+    let reg = Registry::start_tls_htpasswd("bob", "pw1");
+    let blob = std::fs::read(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap();
+    let digest = reg.push_blob("team/x", &blob);
+    let host = reg.base.trim_start_matches("https://").to_string();
+    let (url, seen) = credential_server(format!(
+        r#"{{"success":true,"traceId":"t1","data":{{"auths":{{"{host}":{{"username":"bob","password":"pw1"}}}}}}}}"#
+    ));
+    let server = CredentialServer::new(&url, Duration::from_secs(2), None, None).unwrap();
+    let c = RegistryClient::new(ClientOptions {
+        extra_roots_pem: vec![reg.ca_pem.clone().unwrap()],
+        credentials: Some(Arc::new(server)),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(c.read_range(&reg.blob_url("team/x"), &digest, 0, 1000).unwrap() == blob[..1000]);
+    let lines = seen.lock().unwrap().clone();
+    assert!(lines.iter().any(|l| l.contains("remote_url=https%3A%2F%2F127.0.0.1")), "{lines:?}");
+    // a server that says no: a clear error naming it
+    let (url, _) = credential_server(r#"{"success":false,"traceId":"t2"}"#.to_string());
+    let c = RegistryClient::new(ClientOptions {
+        extra_roots_pem: vec![reg.ca_pem.clone().unwrap()],
+        credentials: Some(Arc::new(CredentialServer::new(&url, Duration::from_secs(2), None, None).unwrap())),
+        ..Default::default()
+    })
+    .unwrap();
+    let e = c.read_range(&reg.blob_url("team/x"), &digest, 0, 1000).unwrap_err().to_string();
+    assert!(e.contains("success=false") && e.contains("t2"), "{e}");
 }

@@ -95,6 +95,13 @@ impl CredentialFile {
         };
         let file: File = serde_json::from_slice(&bytes)
             .map_err(|e| Error::format(&shown, "docker credential file", e.to_string()))?;
+        match_auths(&file, blob_url, &shown)
+    }
+}
+
+/// The credential `file` has for `blob_url` (`shown` names the source in errors).
+fn match_auths(file: &File, blob_url: &str, shown: &str) -> Result<Option<Credential>> {
+    {
         let Some(target) = registry_path(blob_url) else { return Ok(None) };
         let mut best: Option<(usize, &Entry)> = None;
         for (k, e) in &file.auths {
@@ -110,13 +117,98 @@ impl CredentialFile {
         }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(e.auth.trim())
-            .map_err(|_| Error::format(&shown, "docker credential file", "an \"auth\" value is not base64"))?;
+            .map_err(|_| Error::format(shown, "docker credential file", "an \"auth\" value is not base64"))?;
         let text = String::from_utf8(decoded)
-            .map_err(|_| Error::format(&shown, "docker credential file", "an \"auth\" value is not UTF-8"))?;
+            .map_err(|_| Error::format(shown, "docker credential file", "an \"auth\" value is not UTF-8"))?;
         let (u, p) = text
             .split_once(':')
-            .ok_or_else(|| Error::format(&shown, "docker credential file", "an \"auth\" value is not user:password"))?;
+            .ok_or_else(|| Error::format(shown, "docker credential file", "an \"auth\" value is not user:password"))?;
         Ok(Some(Credential { username: u.to_string(), password: p.to_string() }))
+    }
+}
+
+/// Where credentials come from.
+pub trait Credentials: Send + Sync {
+    /// The credential for `blob_url`, if any.
+    fn lookup(&self, blob_url: &str) -> Result<Option<Credential>>;
+    /// Where they come from, for log lines and errors.
+    fn describe(&self) -> String;
+}
+
+impl Credentials for CredentialFile {
+    fn lookup(&self, blob_url: &str) -> Result<Option<Credential>> {
+        CredentialFile::lookup(self, blob_url)
+    }
+    fn describe(&self) -> String {
+        format!("credentials from {}", self.path.display())
+    }
+}
+
+/// A credential server (the reference's `http` and `https` modes): `GET <url>?remote_url=<blob
+/// URL>` answers `{"success": true, "traceId": "...", "data": {"auths": {...}}}`, the `auths`
+/// in the docker format.
+pub struct CredentialServer {
+    url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl CredentialServer {
+    /// A server at `url`, asked with `timeout`; for https, an optional client certificate and
+    /// key (PEM) and a CA (PEM) to trust instead of the built-in roots.
+    pub fn new(
+        url: &str,
+        timeout: std::time::Duration,
+        client_cert_key_pem: Option<Vec<u8>>,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self> {
+        let bad =
+            |what: &str, e: reqwest::Error| Error::InvalidArgument(format!("credential server {url}: {what}: {e}"));
+        let mut b = reqwest::blocking::Client::builder().timeout(timeout).use_rustls_tls();
+        if let Some(pem) = client_cert_key_pem {
+            b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad("client certificate", e))?);
+        }
+        if let Some(ca) = ca_pem {
+            b = b
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).map_err(|e| bad("CA", e))?);
+        }
+        Ok(CredentialServer { url: url.to_string(), http: b.build().map_err(|e| bad("client", e))? })
+    }
+}
+
+impl Credentials for CredentialServer {
+    fn lookup(&self, blob_url: &str) -> Result<Option<Credential>> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            success: bool,
+            #[serde(default, rename = "traceId")]
+            trace_id: String,
+            #[serde(default)]
+            data: File,
+        }
+        let io = |what: &str, e: String| Error::io(&self.url, what, std::io::Error::other(e));
+        let resp = self
+            .http
+            .get(&self.url)
+            .query(&[("remote_url", blob_url)])
+            .send()
+            .map_err(|e| io("ask for credentials", e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(io("ask for credentials", format!("HTTP {}", resp.status())));
+        }
+        let body = resp.bytes().map_err(|e| io("read the credentials", e.to_string()))?;
+        let a: Answer = serde_json::from_slice(&body).map_err(|e| io("read the credentials", e.to_string()))?;
+        if !a.success {
+            return Err(io(
+                "ask for credentials",
+                format!("the server answered success=false (traceId {})", a.trace_id),
+            ));
+        }
+        match_auths(&a.data, blob_url, &self.url)
+    }
+    fn describe(&self) -> String {
+        format!("credentials from the server {}", self.url)
     }
 }
 

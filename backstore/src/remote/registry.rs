@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -13,15 +13,15 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTH
 use reqwest::StatusCode;
 
 use super::auth::{parse_challenge, Challenge, Token};
-use super::credentials::{registry_path, Credential, CredentialFile};
+use super::credentials::{registry_path, Credential, Credentials};
 use super::retry::{Failure, RetryPolicy};
 use crate::{Error, Result};
 
 /// Settings of a [`RegistryClient`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Credentials (none: anonymous, unless the registry asks and there is nothing to give).
-    pub credentials: Option<CredentialFile>,
+    pub credentials: Option<Arc<dyn Credentials>>,
     /// Extra CA certificates (PEM) to trust, besides the built-in roots.
     pub extra_roots_pem: Vec<Vec<u8>>,
     /// The retry policy.
@@ -232,9 +232,7 @@ impl RegistryClient {
                 .ok_or_else(|| permanent("authenticate", format!("{url}: 401 without a usable WWW-Authenticate")))?;
             if round == 2 || (fresh_credentials && round > 0) {
                 let source =
-                    self.opts.credentials.as_ref().map_or("no credential file".to_string(), |c| {
-                        format!("credentials from {}", c.path().display())
-                    });
+                    self.opts.credentials.as_ref().map_or("no credentials configured".to_string(), |c| c.describe());
                 tracing::error!(registry = %key, %source, "authentication failed");
                 return Err(permanent("authenticate", format!("{key}: authentication failed with {source}")));
             }

@@ -9,7 +9,7 @@ use config::{DeviceConfig, LowerLayer};
 
 use super::blob::RemoteBlob;
 use super::cache::BlobCache;
-use super::credentials::CredentialFile;
+use super::credentials::{CredentialFile, CredentialServer, Credentials};
 use super::download::{self, DownloadOptions};
 use super::registry::{ClientOptions, RegistryClient};
 use crate::device::{LayerSource, LocalSource};
@@ -38,12 +38,31 @@ impl RemoteSource {
     /// The source the global settings describe: credentials (`file` mode), the file cache.
     pub fn from_global(g: &GlobalConfig) -> Result<Self> {
         let (mode, path) = g.credentials();
-        let credentials = match mode.as_str() {
-            "file" if !path.is_empty() => Some(CredentialFile::new(path)),
+        let c = &g.credential_config;
+        let read = |p: &str| -> Result<Option<Vec<u8>>> {
+            if p.is_empty() {
+                return Ok(None);
+            }
+            std::fs::read(p).map(Some).map_err(|e| Error::io(p, "read", e))
+        };
+        let credentials: Option<Arc<dyn Credentials>> = match mode.as_str() {
+            "file" if !path.is_empty() => Some(Arc::new(CredentialFile::new(path))),
             "file" => None,
+            "http" | "https" => {
+                let identity = match (read(&c.client_cert_path)?, read(&c.client_key_path)?) {
+                    (Some(mut cert), Some(key)) => {
+                        cert.push(b'\n');
+                        cert.extend_from_slice(&key);
+                        Some(cert)
+                    }
+                    _ => None,
+                };
+                let timeout = std::time::Duration::from_secs(c.timeout.clamp(1, 60) as u64);
+                Some(Arc::new(CredentialServer::new(&path, timeout, identity, read(&c.server_ca_path)?)?))
+            }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "credentialConfig.mode {other:?} is not available yet: use \"file\""
+                    "credentialConfig.mode {other:?} is not supported: use \"file\", \"http\" or \"https\""
                 )))
             }
         };
