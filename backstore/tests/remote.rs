@@ -466,3 +466,96 @@ fn a_credential_server_supplies_the_password() {
     let e = c.read_range(&reg.blob_url("team/x"), &digest, 0, 1000).unwrap_err().to_string();
     assert!(e.contains("success=false") && e.contains("t2"), "{e}");
 }
+
+#[test]
+fn only_ranges_are_read_before_the_background_download_is_allowed() {
+    common::kernel::require_root();
+    let reg = Registry::start();
+    let layer = std::fs::read(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap();
+    let digest = reg.push_blob("library/hello-world", &layer);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let global = p.join("overlaybd.json");
+    std::fs::write(
+        &global,
+        format!(
+            r#"{{"cacheConfig":{{"cacheType":"file","cacheDir":"{}","cacheSizeGB":1,"refillSize":65536}},
+               "download":{{"enable":true,"delay":3,"delayExtra":0,"maxMBps":100}}}}"#,
+            p.join("cache").display()
+        ),
+    )
+    .unwrap();
+    let layer_dir = p.join("layer-dir");
+    let cfg = p.join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"repoBlobUrl":"{}","lowers":[{{"digest":"{digest}","size":{},"dir":"{}"}}]}}"#,
+            reg.blob_url("library/hello-world"),
+            layer.len(),
+            layer_dir.display()
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let a =
+        common::kernel::Attach::start_with(&cfg, &p.join("run"), &["--service_config_path", global.to_str().unwrap()]);
+    {
+        let m = common::kernel::Mount::new(&a.device, &p.join("mnt"), true);
+        assert_eq!(
+            sha256(&std::fs::read(m.0.join("hello")).unwrap()),
+            "d3f7d10e296e5c626ea78539cb38cd8dffd043bea3627da35ce3b20c0ac68014"
+        );
+        assert!(start.elapsed() < Duration::from_secs(3), "too slow to tell the phases apart");
+        let before = written_per_get(&reg.log_text());
+        assert!(before.iter().all(|&w| w <= 65536), "more than a range before the download was allowed: {before:?}");
+        assert!(
+            before.iter().sum::<u64>() < layer.len() as u64,
+            "the whole blob was read before the download: {before:?}"
+        );
+        // then the download comes, and the file is the blob
+        assert!(wait_for(&layer_dir.join("overlaybd.commit"), 30), "no download");
+        assert_eq!(sha256_file(&layer_dir.join("overlaybd.commit")), digest.trim_start_matches("sha256:"));
+        assert!(start.elapsed() >= Duration::from_secs(3), "the download did not wait for its delay");
+    }
+    a.stop();
+}
+
+#[test]
+fn the_cache_limit_holds_under_a_larger_workload() {
+    let reg = Registry::start();
+    let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let digest = reg.push_blob("big/blob", &data);
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 1u64 << 20;
+    let cache = BlobCache::open(dir.path(), limit, 64 << 10).unwrap();
+    let blob = RemoteBlob::new(client(10), &reg.blob_url("big/blob"), &digest, data.len() as u64, Some(cache.clone()));
+    let mut buf = vec![0u8; 100_000];
+    for round in 0..2 {
+        let mut off = 0usize;
+        while off < data.len() {
+            let n = buf.len().min(data.len() - off);
+            blob.read_at(&mut buf[..n], off as u64).unwrap();
+            assert!(buf[..n] == data[off..off + n], "round {round}: bytes at {off} differ");
+            assert!(cache.used() <= limit, "the cache holds {} bytes over its {limit}", cache.used());
+            off += n;
+        }
+    }
+    let on_disk: u64 = walk(dir.path());
+    assert!(on_disk <= limit, "{on_disk} bytes on disk");
+}
+
+fn walk(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
