@@ -56,7 +56,7 @@ fn main() {
     let mut local_ms = Vec::new();
     let mut buf = vec![0u8; 4096];
     for i in 0..15u64 {
-        let off = (i * 4_194_301) % (SIZE as u64 - 4096) & !4095;
+        let off = ((i * 4_194_301) % (SIZE as u64 - 4096)) & !4095;
         let cache = BlobCache::open(&dir.path().join(format!("c{i}")), 1 << 30, 256 << 10).unwrap();
         let blob = RemoteBlob::new(client.clone(), &url, &digest, SIZE as u64, Some(cache));
         let t = Instant::now();
