@@ -28,6 +28,11 @@ pub fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// A file of the reference test data (used by the registry helper).
+pub fn reference(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference").join(name)
+}
+
 const SIZE: usize = 64 << 20;
 
 fn drop_page_cache(path: &std::path::Path) {

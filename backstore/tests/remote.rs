@@ -104,21 +104,18 @@ fn written_per_get(log: &str) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
-    common::kernel::require_root();
-    let reg = Registry::start();
-    let layer = std::fs::read(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap();
-    let digest = reg.push_blob("library/hello-world", &layer);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
+/// Attaches the reference image from `reg` over fuse-loop (global config and extra environment
+/// given), checks `/hello`, and returns the GETs the registry logged.
+fn attach_reference_from(reg: &Registry, p: &std::path::Path, cred: Option<&std::path::Path>, env: &[(&str, &str)]) {
+    let (digest, size) = reg.push_reference_image("library/hello-world", "latest");
     let global = p.join("overlaybd.json");
+    let cred_json =
+        cred.map_or(String::new(), |c| format!(r#","credentialConfig":{{"mode":"file","path":"{}"}}"#, c.display()));
     std::fs::write(
         &global,
         format!(
-            r#"{{"cacheConfig":{{"cacheType":"file","cacheDir":"{}","cacheSizeGB":1}},"credentialConfig":{{"mode":"file","path":"{}"}}}}"#,
-            p.join("cache").display(),
-            p.join("cred.json").display()
+            r#"{{"cacheConfig":{{"cacheType":"file","cacheDir":"{}","cacheSizeGB":1}}{cred_json}}}"#,
+            p.join("cache").display()
         ),
     )
     .unwrap();
@@ -126,16 +123,19 @@ fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
     std::fs::write(
         &cfg,
         format!(
-            r#"{{"repoBlobUrl":"{}","lowers":[{{"digest":"{digest}","size":{},"dir":"{}"}}],"resultFile":"{}"}}"#,
+            r#"{{"repoBlobUrl":"{}","lowers":[{{"digest":"{digest}","size":{size},"dir":"{}"}}],"resultFile":"{}"}}"#,
             reg.blob_url("library/hello-world"),
-            layer.len(),
             p.join("layer-dir").display(),
             p.join("result").display()
         ),
     )
     .unwrap();
-    let a =
-        common::kernel::Attach::start_with(&cfg, &p.join("run"), &["--service_config_path", global.to_str().unwrap()]);
+    let a = common::kernel::Attach::start_env(
+        &cfg,
+        &p.join("run"),
+        &["--service_config_path", global.to_str().unwrap()],
+        env,
+    );
     assert_eq!(std::fs::read_to_string(p.join("result")).unwrap(), "success");
     {
         let m = common::kernel::Mount::new(&a.device, &p.join("mnt"), true);
@@ -143,12 +143,24 @@ fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
         assert_eq!(sha256(&hello), "d3f7d10e296e5c626ea78539cb38cd8dffd043bea3627da35ce3b20c0ac68014");
     }
     a.stop();
+}
+
+#[test]
+fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
+    common::kernel::require_root();
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    attach_reference_from(&reg, p, None, &[]);
     let gets = written_per_get(&reg.log_text());
+    let layer_len = std::fs::metadata(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap().len();
     assert!(!gets.is_empty(), "no blob reads in the registry log:\n{}", reg.log_text());
     assert!(gets.iter().all(|&w| w <= 256 << 10), "a read larger than a chunk: {gets:?}");
-    assert!(gets.iter().sum::<u64>() < layer.len() as u64 * 2, "{gets:?}");
+    assert!(gets.iter().sum::<u64>() < layer_len * 2, "{gets:?}");
     // the cache has the chunks: a second attach reads nothing more from the registry
     let before = written_per_get(&reg.log_text()).len();
+    let cfg = p.join("config.v1.json");
+    let global = p.join("overlaybd.json");
     let a =
         common::kernel::Attach::start_with(&cfg, &p.join("run"), &["--service_config_path", global.to_str().unwrap()]);
     {
@@ -160,6 +172,23 @@ fn the_reference_image_attached_from_the_registry_reads_hello_by_ranges() {
     }
     a.stop();
     assert_eq!(written_per_get(&reg.log_text()).len(), before, "the second attach went to the registry");
+}
+
+#[test]
+fn the_reference_image_attached_from_a_tls_registry_with_htpasswd() {
+    common::kernel::require_root();
+    let reg = Registry::start_tls_htpasswd("carol", "pa55");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let host = reg.base.trim_start_matches("https://").to_string();
+    let cred = p.join("cred.json");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "carol:pa55");
+    std::fs::write(&cred, format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+    // the test's CA, trusted the way an operator would: SSL_CERT_FILE (or the system store)
+    let ca = p.join("ca.pem");
+    std::fs::write(&ca, reg.ca_pem.clone().unwrap()).unwrap();
+    attach_reference_from(&reg, p, Some(&cred), &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    assert!(!written_per_get(&reg.log_text()).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

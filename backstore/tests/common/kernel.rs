@@ -29,10 +29,16 @@ impl Attach {
 
     /// As [`Attach::start`], with extra arguments.
     pub fn start_with(config: &Path, run_dir: &Path, extra: &[&str]) -> Attach {
+        Attach::start_env(config, run_dir, extra, &[])
+    }
+
+    /// As [`Attach::start_with`], with extra environment variables.
+    pub fn start_env(config: &Path, run_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Attach {
         let mut child = Command::new(bin("overlaybd-attach"))
             .args(["--frontend", "fuse-loop", "--run-dir"])
             .arg(run_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .arg(config)
             .stdout(Stdio::piped())
             .spawn()

@@ -125,6 +125,24 @@ impl Registry {
         digest
     }
 
+    /// Pushes the reference hello-world image (its overlaybd manifest, config and layer, as
+    /// the reference convertor made them) as `repo:tag`; returns the layer's digest and size.
+    pub fn push_reference_image(&self, repo: &str, tag: &str) -> (String, u64) {
+        let read = |n: &str| std::fs::read(super::reference(n)).unwrap();
+        let layer = read("hello-world-amd64-overlaybd-layer.tar");
+        let digest = self.push_blob(repo, &layer);
+        self.push_blob(repo, &read("hello-world-amd64-overlaybd-config.json"));
+        let manifest = read("hello-world-amd64-overlaybd-manifest.json");
+        let r = self
+            .with_login(self.client().put(format!("{}/v2/{repo}/manifests/{tag}", self.base)))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "push the manifest: {}", r.text().unwrap_or_default());
+        (digest, layer.len() as u64)
+    }
+
     /// `http://127.0.0.1:PORT/v2/<repo>/blobs`, the `repoBlobUrl` of a config.
     pub fn blob_url(&self, repo: &str) -> String {
         format!("{}/v2/{repo}/blobs", self.base)
