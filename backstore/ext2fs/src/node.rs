@@ -141,6 +141,30 @@ fn data_runs(buf: &[u8], bs: usize) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Reads `size` bytes of `data` (the content of `ino`) in pieces of up to `piece` bytes and
+/// calls `write(file offset, bytes)` for each run of data blocks; zero blocks are skipped.
+fn for_each_data_run(
+    ino: Ino,
+    data: &mut dyn Read,
+    size: u64,
+    bs: usize,
+    piece: usize,
+    mut write: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut buf = vec![0u8; (size as usize).min(piece)];
+    let mut pos = 0u64;
+    while pos < size {
+        let want = ((size - pos) as usize).min(buf.len());
+        data.read_exact(&mut buf[..want])
+            .map_err(|e| Error::Disk { op: format!("read the content of inode {ino} at {pos}"), cause: e })?;
+        for (start, end) in data_runs(&buf[..want], bs) {
+            write(pos + start as u64, &buf[start..end])?;
+        }
+        pos += want as u64;
+    }
+    Ok(())
+}
+
 /// True if every byte is zero (word at a time).
 fn is_zero(b: &[u8]) -> bool {
     let (head, words, tail) = {
@@ -287,17 +311,7 @@ impl Filesystem {
             return self.write_data_buffered(ino, data, size);
         }
         let bs = self.block_size() as usize;
-        let mut buf = vec![0u8; (size as usize).min(4 << 20)];
-        let mut pos = 0u64;
-        while pos < size {
-            let want = ((size - pos) as usize).min(buf.len());
-            data.read_exact(&mut buf[..want])
-                .map_err(|e| Error::Disk { op: format!("read the content of inode {ino} at {pos}"), cause: e })?;
-            for (start, end) in data_runs(&buf[..want], bs) {
-                self.write_run(ino, pos + start as u64, &buf[start..end])?;
-            }
-            pos += want as u64;
-        }
+        for_each_data_run(ino, data, size, bs, 4 << 20, |at, bytes| self.write_run(ino, at, bytes))?;
         let mut inode = self.read_inode(ino)?;
         let size = i64::try_from(size).map_err(|_| Error::InvalidArgument(format!("file size {size} is too large")))?;
         // SAFETY: `inode` is a valid inode buffer (its small prefix is what the setter uses).
@@ -413,36 +427,23 @@ impl Filesystem {
 
     fn write_file(&mut self, file: sys::ext2_file_t, ino: Ino, data: &mut dyn Read, size: u64) -> Result<()> {
         let bs = self.block_size() as usize;
-        let mut buf = vec![0u8; (size as usize).min(1 << 20)];
-        let mut pos = 0u64;
-        while pos < size {
-            let want = ((size - pos) as usize).min(buf.len());
-            data.read_exact(&mut buf[..want])
-                .map_err(|e| Error::Disk { op: format!("read the content of inode {ino} at {pos}"), cause: e })?;
-            for (off, end) in data_runs(&buf[..want], bs) {
-                let at = pos + off as u64;
-                // SAFETY: open file; seek then write from our buffer with its length.
-                unsafe {
-                    check(sys::ext2fs_file_llseek(file, at, 0, std::ptr::null_mut()), || {
-                        format!("seek inode {ino} to {at}")
-                    })?;
-                    let mut written: u32 = 0;
-                    check(
-                        sys::ext2fs_file_write(
-                            file,
-                            buf[off..end].as_ptr() as *const c_void,
-                            (end - off) as u32,
-                            &mut written,
-                        ),
-                        || format!("write inode {ino} at {at}"),
-                    )?;
-                    if written as usize != end - off {
-                        return Err(Error::InvalidArgument(format!("short write to inode {ino} at {at}")));
-                    }
+        for_each_data_run(ino, data, size, bs, 1 << 20, |at, bytes| {
+            // SAFETY: open file; seek then write from the caller's buffer with its length.
+            unsafe {
+                check(sys::ext2fs_file_llseek(file, at, 0, std::ptr::null_mut()), || {
+                    format!("seek inode {ino} to {at}")
+                })?;
+                let mut written: u32 = 0;
+                check(
+                    sys::ext2fs_file_write(file, bytes.as_ptr() as *const c_void, bytes.len() as u32, &mut written),
+                    || format!("write inode {ino} at {at}"),
+                )?;
+                if written as usize != bytes.len() {
+                    return Err(Error::InvalidArgument(format!("short write to inode {ino} at {at}")));
                 }
             }
-            pos += want as u64;
-        }
+            Ok(())
+        })?;
         let size = i64::try_from(size).map_err(|_| Error::InvalidArgument(format!("file size {size} is too large")))?;
         // SAFETY: open file.
         check(unsafe { sys::ext2fs_file_set_size2(file, size) }, || format!("set the size of inode {ino}"))
