@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs what the tools and tests need on a fresh Debian machine (idempotent; run as root or
 # with sudo available): e2fsprogs (debugfs, mkfs.ext4), libext2fs-dev (userspace ext4 editing),
-# libclang (to build the libublk and libext2fs bindings), pkg-config, docker-registry (tests),
+# libclang (to build the libublk and libext2fs bindings), pkg-config, protoc (gRPC code generation), docker-registry,
+# containerd, runc and skopeo (tests),
 # python3 with the zstandard and lz4 modules (for the independent reader obd_inspect.py), and the
 # Rust toolchain's fmt/clippy. The VM tests install qemu and fetch their kernel themselves.
 set -euo pipefail
@@ -18,6 +19,14 @@ dpkg -s libext2fs-dev >/dev/null 2>&1 || need_apt+=(libext2fs-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # the remote-layer tests run a real registry
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+# the snapshotter's end-to-end tests run a real containerd and runc, and push images with skopeo
+command -v containerd >/dev/null 2>&1 || need_apt+=(containerd)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
+# the test images are built from busybox-static
+[ -x /bin/busybox ] || need_apt+=(busybox-static)
+# the snapshotter's gRPC service is generated from containerd's protos at build time
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

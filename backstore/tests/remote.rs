@@ -308,6 +308,48 @@ fn wrong_bytes_are_never_served_and_the_cache_heals() {
 }
 
 #[test]
+fn a_cache_file_damaged_on_disk_is_dropped_and_fetched_again() {
+    let f = faulty();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 64 << 20, 256 << 10).unwrap();
+    let blob = RemoteBlob::new(client(5), &f.url, &f.digest, f.blob.len() as u64, Some(cache.clone()));
+    let hex = f.digest.trim_start_matches("sha256:");
+    let chunk0 = dir.path().join(&hex[..2]).join(hex).join("0");
+    let mut got = vec![0u8; 8192];
+    blob.read_at(&mut got, 1000).unwrap();
+    assert!(got == f.blob[1000..9192]);
+    assert!(chunk0.exists(), "the first read did not fill the cache");
+    let served = |reg: &Registry| reg.log_text().lines().filter(|l| l.contains("GET") && l.contains(hex)).count();
+    // a flipped byte in the middle of the cached chunk
+    let mut bytes = std::fs::read(&chunk0).unwrap();
+    bytes[4000] ^= 0x40;
+    std::fs::write(&chunk0, &bytes).unwrap();
+    let before = served(&f.reg);
+    blob.read_at(&mut got, 1000).unwrap();
+    assert!(got == f.blob[1000..9192], "a damaged cache file was served");
+    assert!(served(&f.reg) > before, "the damaged chunk was not fetched again");
+    // healed: the file on disk is intact again and the next read needs no registry
+    f.proxy.always(Some(Fault::Status(500)));
+    blob.read_at(&mut got, 1000).unwrap();
+    assert!(got == f.blob[1000..9192]);
+    f.proxy.always(None);
+    // a file cut short (a crash mid-write) heals the same way
+    let len = std::fs::metadata(&chunk0).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&chunk0).unwrap().set_len(len / 3).unwrap();
+    blob.read_at(&mut got, 1000).unwrap();
+    assert!(got == f.blob[1000..9192], "a truncated cache file was served");
+    assert_eq!(std::fs::metadata(&chunk0).unwrap().len(), len, "the truncated chunk was not rewritten");
+    // and a reopened cache (a restart) checks what it finds the same way
+    let mut bytes = std::fs::read(&chunk0).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&chunk0, &bytes).unwrap();
+    let cache = BlobCache::open(dir.path(), 64 << 20, 256 << 10).unwrap();
+    let blob = RemoteBlob::new(client(5), &f.url, &f.digest, f.blob.len() as u64, Some(cache));
+    blob.read_at(&mut got, 0).unwrap();
+    assert!(got == f.blob[..8192], "a damaged chunk found after a restart was served");
+}
+
+#[test]
 fn bearer_tokens_are_fetched_and_renewed_when_they_expire() {
     let f = faulty();
     f.proxy.require_bearer(1);
