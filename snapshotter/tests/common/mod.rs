@@ -1,0 +1,648 @@
+//! Real parts for the snapshotter's end-to-end tests, each started by the test and stopped on
+//! drop: Debian's `docker-registry`, `containerd` with a private config and `runc`, and the
+//! `overlaybd-snapshotter` binary of this build on the fuse-loop frontend; images are built
+//! here as OCI layouts and pushed with `skopeo`.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// The reference blobs shared with the backstore's tests.
+pub fn reference(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backstore/tests/data/reference").join(name)
+}
+
+/// `sha256` hex of bytes.
+pub fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Whether the machine has what these tests need (root, containerd, runc, a registry, skopeo,
+/// FUSE and loop devices). Without them the tests fail with this message rather than pass.
+pub fn require_real_parts() {
+    assert!(nix::unistd::geteuid().is_root(), "the end-to-end tests need root (mounts, loop devices)");
+    for b in ["containerd", "ctr", "runc", "docker-registry", "skopeo"] {
+        assert!(
+            Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().is_ok_and(|o| o.status.success()),
+            "{b} is missing: run scripts/deps.sh"
+        );
+    }
+    assert!(Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists(), "no FUSE or loop devices");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < end, "{what} did not happen within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command; its output whatever the status.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let o = output(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A plain-HTTP registry on 127.0.0.1 with its access log.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts one.
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("start docker-registry");
+        let host = format!("127.0.0.1:{port}");
+        let r = Registry { child, host, log, _dir: dir };
+        wait_until("the registry start", 30, || std::net::TcpStream::connect(&r.host).is_ok());
+        r
+    }
+
+    /// The access log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Pushes an OCI layout's `tag` as `name:tag` here.
+    pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
+        let dest = format!("{}/{name}:{tag}", self.host);
+        run(Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false", "--preserve-digests"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{dest}")));
+        dest
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// An OCI image layout being written.
+pub struct OciLayout {
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+/// A file of a layer.
+pub enum Entry {
+    /// A regular file with its mode.
+    File(&'static str, Vec<u8>, u32),
+    /// A directory.
+    Dir(&'static str),
+    /// A symbolic link.
+    Symlink(&'static str, &'static str),
+    /// A whiteout of the named path.
+    Whiteout(&'static str),
+}
+
+impl OciLayout {
+    /// An empty layout in `dir`.
+    pub fn new(dir: &Path) -> OciLayout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        OciLayout { dir: dir.to_path_buf() }
+    }
+
+    /// Stores a blob; its digest.
+    pub fn blob(&self, data: &[u8]) -> String {
+        let h = sha256(data);
+        std::fs::write(self.dir.join("blobs/sha256").join(&h), data).unwrap();
+        format!("sha256:{h}")
+    }
+
+    /// A gzip layer tar of `entries`: (descriptor JSON, diff ID).
+    pub fn layer(&self, entries: &[Entry]) -> (String, String) {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(1_600_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            match e {
+                Entry::File(p, data, mode) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(*mode);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, p, data.as_slice()).unwrap();
+                }
+                Entry::Dir(p) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+                Entry::Symlink(p, t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_mode(0o777);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                Entry::Whiteout(p) => {
+                    let path = Path::new(p);
+                    let name = format!(".wh.{}", path.file_name().unwrap().to_string_lossy());
+                    let wh = path.parent().map_or(PathBuf::from(&name), |d| d.join(&name));
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(0);
+                    b.append_data(&mut h, wh, std::io::empty()).unwrap();
+                }
+            }
+        }
+        let tar = b.into_inner().unwrap();
+        let diff = format!("sha256:{}", sha256(&tar));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let d = self.blob(&gz);
+        (
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{}}}"#,
+                gz.len()
+            ),
+            diff,
+        )
+    }
+
+    /// Writes config, manifest and index for `layers` under `tag`.
+    pub fn finish(&self, layers: &[(String, String)], tag: &str, cmd: &[&str]) {
+        let diffs: Vec<String> = layers.iter().map(|(_, d)| format!("\"{d}\"")).collect();
+        let cmd: Vec<String> = cmd.iter().map(|c| format!("\"{c}\"")).collect();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":[{}]}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            cmd.join(","),
+            diffs.join(",")
+        );
+        let cd = self.blob(config.as_bytes());
+        let descs: Vec<&str> = layers.iter().map(|(d, _)| d.as_str()).collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+            config.len(),
+            descs.join(",")
+        );
+        self.index(&manifest, tag);
+    }
+
+    /// Stores `manifest` and makes it the layout's only entry, tagged `tag`.
+    pub fn index(&self, manifest: &str, tag: &str) {
+        let md = self.blob(manifest.as_bytes());
+        std::fs::write(
+            self.dir.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}]}}"#,
+                manifest.len()
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// busybox-static with its applets: the base of the test images.
+pub fn busybox_entries() -> Vec<Entry> {
+    let mut v = vec![
+        Entry::Dir("bin"),
+        Entry::Dir("etc"),
+        Entry::Dir("tmp"),
+        Entry::Dir("proc"),
+        Entry::Dir("sys"),
+        Entry::Dir("dev"),
+        Entry::File("bin/busybox", std::fs::read("/bin/busybox").expect("busybox-static"), 0o755),
+    ];
+    for a in ["sh", "echo", "cat", "ls", "sha256sum", "find", "stat", "readlink", "sync", "sleep", "dd", "rm", "head"] {
+        v.push(Entry::Symlink(Box::leak(format!("bin/{a}").into_boxed_str()), "busybox"));
+    }
+    v
+}
+
+/// The test's busybox image: layer 1 busybox + /etc files + a 3 MB random file, layer 2 adds a
+/// file, whites one out and adds a symlink. Returns the layout and the big file's sha256.
+pub fn busybox_image(dir: &Path) -> (OciLayout, String) {
+    let o = OciLayout::new(dir);
+    let mut big = vec![0u8; 3_000_000];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let big_sha = sha256(&big);
+    let mut e1 = busybox_entries();
+    e1.push(Entry::File("etc/gone", b"first\n".to_vec(), 0o644));
+    e1.push(Entry::File("etc/keep", b"keep\n".to_vec(), 0o644));
+    e1.push(Entry::File("etc/big", big, 0o644));
+    let l1 = o.layer(&e1);
+    let l2 = o.layer(&[
+        Entry::File("etc/new", b"second\n".to_vec(), 0o644),
+        Entry::Whiteout("etc/gone"),
+        Entry::Symlink("etc/link", "keep"),
+    ]);
+    o.finish(&[l1, l2], "latest", &["/bin/sh"]);
+    (o, big_sha)
+}
+
+/// The reference overlaybd hello-world image (manifest, config and layer as the reference
+/// convertor made them) as an OCI layout.
+pub fn reference_hello(dir: &Path) -> OciLayout {
+    let o = OciLayout::new(dir);
+    for f in ["hello-world-amd64-overlaybd-layer.tar", "hello-world-amd64-overlaybd-config.json"] {
+        o.blob(&std::fs::read(reference(f)).unwrap());
+    }
+    let m = std::fs::read_to_string(reference("hello-world-amd64-overlaybd-manifest.json")).unwrap();
+    o.index(&m, "obd");
+    o
+}
+
+/// The reference layer's digest and size.
+pub const HELLO_LAYER: &str = "sha256:022231c3f1af70e0cc42f0c3781eabf174cff608210585bf93fc83e16d33672d";
+/// Its size.
+pub const HELLO_LAYER_SIZE: u64 = 642_560;
+/// sha256 of /hello in it.
+pub const HELLO_SHA: &str = "d3f7d10e296e5c626ea78539cb38cd8dffd043bea3627da35ce3b20c0ac68014";
+
+// ---------------------------------------------------------------------------------------------
+
+/// The snapshotter under test, started from this build's binary.
+pub struct Snapshotter {
+    child: Option<Child>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its root.
+    pub root: PathBuf,
+    /// Its frontend state.
+    pub run_dir: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl Snapshotter {
+    /// Starts one in `dir` with extra TOML config lines.
+    pub fn start(dir: &Path, extra_toml: &str) -> Snapshotter {
+        let s = Snapshotter {
+            child: None,
+            socket: dir.join("snap.sock"),
+            root: dir.join("root"),
+            run_dir: dir.join("run"),
+            config: dir.join("config.toml"),
+            log: dir.join("snapshotter.log"),
+        };
+        std::fs::write(&s.config, extra_toml).unwrap();
+        let mut s = s;
+        s.restart();
+        s
+    }
+
+    /// (Re)starts the process.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_overlaybd-snapshotter"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--address")
+            .arg(&self.socket)
+            .arg("--frontend")
+            .arg("fuse-loop")
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .env("RUST_LOG", "info,snapshotter=debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start overlaybd-snapshotter");
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the snapshotter exited ({st}): {}", self.log_text());
+            }
+            assert!(Instant::now() < end, "the snapshotter did not open its socket: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it with `signal` and waits (bounded).
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the snapshotter did not stop on {signal}: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop(nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A private containerd whose proxy plugin `overlaybd` is the snapshotter's socket.
+pub struct Containerd {
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its namespace for the test.
+    pub namespace: String,
+    dir: PathBuf,
+}
+
+impl Containerd {
+    /// Starts one in `dir` for the snapshotter at `snap_socket`.
+    pub fn start(dir: &Path, snap_socket: &Path, namespace: &str) -> Containerd {
+        let d = dir.join("containerd");
+        std::fs::create_dir_all(&d).unwrap();
+        let socket = d.join("containerd.sock");
+        let cfg = d.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n\
+                 [proxy_plugins.overlaybd]\n  type = \"snapshot\"\n  address = \"{2}\"\n",
+                d.display(),
+                socket.display(),
+                snap_socket.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::from(std::fs::File::create(d.join("log")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(d.join("log.err")).unwrap()))
+            .spawn()
+            .expect("start containerd");
+        let c = Containerd { child, socket, namespace: namespace.to_string(), dir: d };
+        wait_until("containerd start", 30, || c.ctr_output(&["version"]).status.success());
+        c
+    }
+
+    /// `ctr -a SOCK -n NS ARGS...` and its output.
+    pub fn ctr_output(&self, args: &[&str]) -> Output {
+        output(Command::new("ctr").arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace).args(args))
+    }
+
+    /// `ctr` that must succeed: its stdout and stderr.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let o = self.ctr_output(args);
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "ctr {args:?} failed: {text}");
+        text
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for c in self.ctr_output(&["task", "ls", "-q"]).stdout.split(|b| *b == b'\n') {
+            let id = String::from_utf8_lossy(c).trim().to_string();
+            if !id.is_empty() {
+                let _ = self.ctr_output(&["task", "kill", "-s", "KILL", &id]);
+                let _ = self.ctr_output(&["task", "rm", "-f", &id]);
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // the shims' mounts and containerd's cgroups for the namespace
+        for m in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+            if let Some(t) = m.split(' ').nth(4) {
+                if t.starts_with(&self.dir.display().to_string()) {
+                    let _ = nix::mount::umount2(t, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.namespace));
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(&self.namespace));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A gRPC client of the snapshotter's socket (containerd's Snapshots API).
+pub mod grpc {
+    use super::*;
+    use containerd_snapshots::api::snapshots::v1 as api;
+    use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
+    use containerd_snapshots::tonic;
+    pub use containerd_snapshots::tonic::Code;
+
+    /// A blocking client.
+    pub struct Client {
+        rt: tokio::runtime::Runtime,
+        c: SnapshotsClient<tonic::transport::Channel>,
+    }
+
+    /// Mounts as (type, source, options).
+    pub type Mounts = Vec<(String, String, Vec<String>)>;
+
+    impl Client {
+        /// Connects to `socket`.
+        pub fn connect(socket: &Path) -> Client {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let p = socket.to_path_buf();
+            let ch = rt
+                .block_on(
+                    tonic::transport::Endpoint::try_from("http://[::]:50051")
+                        .unwrap()
+                        .connect_with_connector(tower::service_fn(move |_| tokio::net::UnixStream::connect(p.clone()))),
+                )
+                .unwrap();
+            Client { rt, c: SnapshotsClient::new(ch) }
+        }
+
+        fn labels(l: &[(&str, &str)]) -> HashMap<String, String> {
+            l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        }
+
+        fn mounts(m: Vec<containerd_snapshots::api::types::Mount>) -> Mounts {
+            m.into_iter().map(|m| (m.r#type, m.source, m.options)).collect()
+        }
+
+        /// Prepare.
+        pub fn prepare(&mut self, key: &str, parent: &str, labels: &[(&str, &str)]) -> Result<Mounts, tonic::Status> {
+            let req = api::PrepareSnapshotRequest {
+                snapshotter: "overlaybd".into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: Self::labels(labels),
+            };
+            self.rt.block_on(self.c.prepare(req)).map(|r| Self::mounts(r.into_inner().mounts))
+        }
+
+        /// View.
+        pub fn view(&mut self, key: &str, parent: &str) -> Result<Mounts, tonic::Status> {
+            let req = api::ViewSnapshotRequest {
+                snapshotter: "overlaybd".into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: HashMap::new(),
+            };
+            self.rt.block_on(self.c.view(req)).map(|r| Self::mounts(r.into_inner().mounts))
+        }
+
+        /// Mounts.
+        pub fn mounts_of(&mut self, key: &str) -> Result<Mounts, tonic::Status> {
+            let req = api::MountsRequest { snapshotter: "overlaybd".into(), key: key.into() };
+            self.rt.block_on(self.c.mounts(req)).map(|r| Self::mounts(r.into_inner().mounts))
+        }
+
+        /// Commit.
+        pub fn commit(&mut self, name: &str, key: &str, labels: &[(&str, &str)]) -> Result<(), tonic::Status> {
+            let req = api::CommitSnapshotRequest {
+                snapshotter: "overlaybd".into(),
+                name: name.into(),
+                key: key.into(),
+                labels: Self::labels(labels),
+            };
+            self.rt.block_on(self.c.commit(req)).map(|_| ())
+        }
+
+        /// Remove.
+        pub fn remove(&mut self, key: &str) -> Result<(), tonic::Status> {
+            let req = api::RemoveSnapshotRequest { snapshotter: "overlaybd".into(), key: key.into() };
+            self.rt.block_on(self.c.remove(req)).map(|_| ())
+        }
+
+        /// Stat: (kind, parent, labels).
+        pub fn stat(&mut self, key: &str) -> Result<(i32, String, HashMap<String, String>), tonic::Status> {
+            let req = api::StatSnapshotRequest { snapshotter: "overlaybd".into(), key: key.into() };
+            self.rt.block_on(self.c.stat(req)).map(|r| {
+                let i = r.into_inner().info.unwrap_or_default();
+                (i.kind, i.parent, i.labels)
+            })
+        }
+
+        /// List with filters: the names.
+        pub fn list(&mut self, filters: &[&str]) -> Result<Vec<String>, tonic::Status> {
+            let req = api::ListSnapshotsRequest {
+                snapshotter: "overlaybd".into(),
+                filters: filters.iter().map(|s| s.to_string()).collect(),
+            };
+            self.rt.block_on(async {
+                let mut s = self.c.list(req).await?.into_inner();
+                let mut names = Vec::new();
+                while let Some(m) = s.message().await? {
+                    names.extend(m.info.into_iter().map(|i| i.name));
+                }
+                Ok(names)
+            })
+        }
+
+        /// Usage: (size, inodes).
+        pub fn usage(&mut self, key: &str) -> Result<(i64, i64), tonic::Status> {
+            let req = api::UsageRequest { snapshotter: "overlaybd".into(), key: key.into() };
+            self.rt.block_on(self.c.usage(req)).map(|r| {
+                let u = r.into_inner();
+                (u.size, u.inodes)
+            })
+        }
+    }
+
+    /// Mounts `m` at `target` the way a runtime would (overlay or bind).
+    pub fn mount(m: &Mounts, target: &Path) {
+        assert_eq!(m.len(), 1, "{m:?}");
+        let (ty, src, opts) = &m[0];
+        std::fs::create_dir_all(target).unwrap();
+        let mut o = Command::new("mount");
+        if ty == "bind" {
+            o.arg("--bind").arg(src).arg(target);
+            run(&mut o);
+            if opts.iter().any(|x| x == "ro") {
+                run(Command::new("mount").args(["-o", "remount,bind,ro"]).arg(target));
+            }
+        } else {
+            o.arg("-t").arg(ty).arg("-o").arg(opts.join(",")).arg(src).arg(target);
+            run(&mut o);
+        }
+    }
+
+    /// Unmounts `target`.
+    pub fn umount(target: &Path) {
+        run(Command::new("umount").arg(target));
+    }
+}

@@ -1,0 +1,364 @@
+//! End-to-end tests of `overlaybd-snapshotter` with real parts started here: Debian's
+//! containerd, runc and docker-registry, and the snapshotter on the fuse-loop frontend (real
+//! FUSE, loop devices and ext4). Run as root.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::grpc::{self, Client, Code};
+use common::*;
+
+const REF: &str = "containerd.io/snapshot.ref";
+const IMAGE_REF: &str = "containerd.io/snapshot/image-ref";
+const DIGEST: &str = "containerd.io/snapshot/overlaybd/blob-digest";
+const SIZE: &str = "containerd.io/snapshot/overlaybd/blob-size";
+const WRITABLE: &str = "containerd.io/snapshot/overlaybd.writable";
+
+fn loop_devices_of(run_dir: &Path) -> Vec<String> {
+    let out = output(Command::new("losetup").args(["-l", "-n", "-O", "NAME,BACK-FILE"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&run_dir.display().to_string()))
+        .map(str::to_string)
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|t| t.starts_with(&d))
+        .collect()
+}
+
+/// Nothing of the snapshotter is left in the kernel: no loop devices over its FUSE files, no
+/// FUSE or ext4 mounts under its root or run dir.
+fn assert_nothing_left(s: &Snapshotter) {
+    assert!(loop_devices_of(&s.run_dir).is_empty(), "loop devices left: {:?}", loop_devices_of(&s.run_dir));
+    assert!(mounts_under(&s.run_dir).is_empty(), "FUSE mounts left: {:?}", mounts_under(&s.run_dir));
+    assert!(mounts_under(&s.root).is_empty(), "mounts left under the root: {:?}", mounts_under(&s.root));
+}
+
+fn snapshot_dirs(s: &Snapshotter) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(s.root.join("snapshots"))
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn insecure(reg: &Registry) -> String {
+    format!("[[mirrorRegistry]]\nhost = \"{}\"\ninsecure = true\n", reg.host)
+}
+
+#[test]
+fn a_plain_oci_image_runs_through_containerd() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let (layout, big_sha) = busybox_image(&t.path().join("bb"));
+    let img = reg.push(&layout.dir, "latest", "test/bb");
+    let snap = Snapshotter::start(t.path(), "");
+    let ctrd = Containerd::start(t.path(), &snap.socket, "obdplain");
+    ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &img]);
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "overlaybd",
+        &img,
+        "c1",
+        "/bin/sh",
+        "-c",
+        "cat /etc/keep /etc/new; [ ! -e /etc/gone ] && echo nogone; readlink /etc/link; sha256sum /etc/big; echo w > /tmp/x; cat /tmp/x",
+    ]);
+    for want in ["keep\n", "second\n", "nogone\n", &big_sha, "\nw\n"] {
+        assert!(out.contains(want), "{want:?} not in the container's output: {out}");
+    }
+    // the image's layers are committed snapshots of ours, parent linked
+    let ls = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert_eq!(ls.lines().filter(|l| l.contains("Committed")).count(), 2, "{ls}");
+    ctrd.ctr(&["image", "rm", &img]);
+    drop(ctrd);
+    drop(snap);
+}
+
+#[test]
+fn containerd_snapshot_semantics_hold() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let snap = Snapshotter::start(t.path(), "");
+    let mut c = Client::connect(&snap.socket);
+    let m = t.path().join("m");
+    // a parentless active snapshot is a writable directory
+    let ma = c.prepare("a", "", &[("l1", "v1")]).unwrap();
+    assert_eq!(ma[0].0, "bind");
+    grpc::mount(&ma, &m);
+    std::fs::write(m.join("one"), "1").unwrap();
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::write(m.join("d/gone"), "x").unwrap();
+    grpc::umount(&m);
+    assert_eq!(c.prepare("a", "", &[]).unwrap_err().code(), Code::AlreadyExists);
+    c.commit("A", "a", &[("l2", "v2")]).unwrap();
+    assert_eq!(c.stat("a").unwrap_err().code(), Code::NotFound);
+    let (kind, parent, labels) = c.stat("A").unwrap();
+    assert_eq!((kind, parent.as_str()), (3, ""), "committed, no parent");
+    assert_eq!(labels.get("l2").map(String::as_str), Some("v2"));
+    assert!(!labels.contains_key("l1"), "commit replaces the labels");
+    // a child: overlay over the parent, deletions and additions
+    let mb = c.prepare("b", "A", &[]).unwrap();
+    assert_eq!(mb[0].0, "overlay");
+    grpc::mount(&mb, &m);
+    assert_eq!(std::fs::read_to_string(m.join("one")).unwrap(), "1");
+    std::fs::remove_file(m.join("d/gone")).unwrap();
+    std::fs::write(m.join("two"), "2").unwrap();
+    grpc::umount(&m);
+    c.commit("B", "b", &[]).unwrap();
+    // a view of two layers is read-only and sees both
+    let mv = c.view("v", "B").unwrap();
+    grpc::mount(&mv, &m);
+    assert_eq!(std::fs::read_to_string(m.join("two")).unwrap(), "2");
+    assert!(!m.join("d/gone").exists());
+    assert!(std::fs::write(m.join("three"), "3").is_err(), "a view is writable");
+    grpc::umount(&m);
+    assert_eq!(c.mounts_of("v").unwrap(), mv);
+    assert_eq!(c.mounts_of("B").unwrap_err().code(), Code::FailedPrecondition);
+    // parents must be committed and exist
+    assert_eq!(c.prepare("x", "v", &[]).unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(c.prepare("x", "nope", &[]).unwrap_err().code(), Code::NotFound);
+    // filters
+    let mut committed = c.list(&["kind==committed"]).unwrap();
+    committed.sort();
+    assert_eq!(committed, vec!["A", "B"]);
+    assert_eq!(c.list(&["parent==A"]).unwrap(), vec!["B"]);
+    assert_eq!(c.list(&[r#"labels."l2"==v2,parent=="#]).unwrap(), vec!["A"]);
+    assert_eq!(c.list(&["name==v", "name==A"]).unwrap().len(), 2, "filters are OR-ed");
+    assert_eq!(c.list(&["name="]).unwrap_err().code(), Code::InvalidArgument);
+    // usage of a committed layer is what it holds
+    let (size, inodes) = c.usage("A").unwrap();
+    assert!(size > 0 && inodes >= 3, "{size} {inodes}");
+    // removal: not with children; the word "remove" is in the error (containerd's suite checks it)
+    let e = c.remove("A").unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("remove"), "{}", e.message());
+    c.remove("v").unwrap();
+    c.remove("B").unwrap();
+    c.remove("A").unwrap();
+    assert!(c.list(&[]).unwrap().is_empty());
+    assert!(snapshot_dirs(&snap).is_empty(), "directories left: {:?}", snapshot_dirs(&snap));
+}
+
+#[test]
+fn the_reference_overlaybd_image_pulled_in_full_greets() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let img = reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let snap = Snapshotter::start(t.path(), "");
+    let ctrd = Containerd::start(t.path(), &snap.socket, "obdfull");
+    ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &img]);
+    let out = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "h1"]);
+    assert!(out.contains("Hello from Docker!"), "{out}");
+    // the layer was unpacked to a local overlaybd file and served from a device of ours
+    let configs: Vec<_> = snapshot_dirs(&snap)
+        .into_iter()
+        .map(|d| snap.root.join("snapshots").join(d).join("block/config.v1.json"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(configs.len(), 1);
+    let cfg = std::fs::read_to_string(&configs[0]).unwrap();
+    assert!(cfg.contains("\"dir\"") && !cfg.contains("digest"), "{cfg}");
+    ctrd.ctr(&["image", "rm", &img]);
+    drop(ctrd);
+    drop(snap);
+}
+
+/// The chain ID of a one-layer image is its diff ID, here the layer digest.
+fn prepare_remote_hello(c: &mut Client, reg: &Registry) -> String {
+    let chain = HELLO_LAYER.to_string();
+    let image = format!("{}/test/hello:obd", reg.host);
+    let size = HELLO_LAYER_SIZE.to_string();
+    let e = c
+        .prepare(
+            &format!("default/1/extract-1 {chain}"),
+            "",
+            &[(REF, &chain), (IMAGE_REF, &image), (DIGEST, HELLO_LAYER), (SIZE, &size)],
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message());
+    chain
+}
+
+#[test]
+fn a_remote_layer_is_committed_by_the_snapshotter_and_read_lazily() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let before = reg.log_text().lines().count();
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let mut c = Client::connect(&snap.socket);
+    let chain = prepare_remote_hello(&mut c, &reg);
+    // containerd's handshake: a Walk for the chain ID, then a Stat
+    let found = c.list(&[&format!(r#"labels."{REF}"=={chain},parent=="#)]).unwrap();
+    assert_eq!(found, vec![chain.clone()]);
+    let (kind, _, labels) = c.stat(&chain).unwrap();
+    assert_eq!(kind, 3);
+    assert_eq!(labels.get("containerd.io/snapshot/remote").map(String::as_str), Some("remote snapshot"));
+    assert_eq!(reg.log_text().lines().count(), before, "the layer was fetched at pull time");
+    // a second pull of the same layer (another namespace) finds it
+    let e = c
+        .prepare(
+            &format!("ns2/1/extract-2 {chain}"),
+            "",
+            &[(REF, &chain), (IMAGE_REF, "h/x"), (DIGEST, HELLO_LAYER), (SIZE, "642560")],
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    // a container on it: the device is attached and read by ranges
+    let m = c.prepare("ctr1", &chain, &[]).unwrap();
+    assert_eq!(m[0].0, "overlay");
+    let target = t.path().join("rootfs");
+    grpc::mount(&m, &target);
+    let hello = std::fs::read(target.join("hello")).unwrap();
+    assert_eq!(sha256(&hello), HELLO_SHA);
+    grpc::umount(&target);
+    let log = reg.log_text();
+    let gets: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/v2/test/hello/blobs/{HELLO_LAYER}")))
+        .collect();
+    assert!(!gets.is_empty(), "the registry never served the blob: {log}");
+    assert!(gets.iter().all(|l| l.contains("http.response.status=206")), "not only ranges were read: {gets:#?}");
+    c.remove("ctr1").unwrap();
+    c.remove(&chain).unwrap();
+    drop(c);
+    let mut snap = snap;
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}
+
+#[test]
+fn writes_survive_a_restart_and_a_committed_writable_layer_is_a_lower() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let mut c = Client::connect(&snap.socket);
+    let chain = prepare_remote_hello(&mut c, &reg);
+    // a writable overlaybd device for the container (rwMode dir)
+    let m = c.prepare("w", &chain, &[(WRITABLE, "dir")]).unwrap();
+    assert_eq!(m[0].0, "bind");
+    let target = t.path().join("rootfs");
+    grpc::mount(&m, &target);
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(target.join("written"), &data).unwrap();
+    run(&mut Command::new("sync"));
+    grpc::umount(&target);
+    // restart: the device goes with the process, and Mounts brings it back
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+    snap.restart();
+    let mut c = Client::connect(&snap.socket);
+    let m2 = c.mounts_of("w").unwrap();
+    assert_eq!(m2, m);
+    grpc::mount(&m2, &target);
+    assert!(std::fs::read(target.join("written")).unwrap() == data, "the container's write did not survive");
+    std::fs::write(target.join("second"), "after restart").unwrap();
+    grpc::umount(&target);
+    // commit: the layer is sealed and becomes a lower of a new container
+    c.commit("W", "w", &[]).unwrap();
+    let (_, _, labels) = c.stat("W").unwrap();
+    let sealed = labels.get("containerd.io/snapshot/overlaybd.localcommitpath").expect("localcommitpath").clone();
+    assert!(Path::new(&sealed).exists(), "{sealed}");
+    let m3 = c.prepare("r2", "W", &[]).unwrap();
+    grpc::mount(&m3, &target);
+    assert!(std::fs::read(target.join("written")).unwrap() == data);
+    assert_eq!(std::fs::read_to_string(target.join("second")).unwrap(), "after restart");
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    grpc::umount(&target);
+    c.remove("r2").unwrap();
+    c.remove("W").unwrap();
+    c.remove(&chain).unwrap();
+    assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}
+
+#[test]
+fn bad_labels_and_missing_blobs_give_clear_errors_and_leave_nothing() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let mut c = Client::connect(&snap.socket);
+    let image = format!("{}/test/hello:obd", reg.host);
+    let missing = format!("sha256:{}", "ab".repeat(32));
+    for (labels, what) in [
+        (vec![(DIGEST, "sha256:nothex"), (SIZE, "642560")], "digest"),
+        (vec![(DIGEST, HELLO_LAYER), (SIZE, "big")], "size"),
+    ] {
+        let mut l = vec![(REF, "sha256:c1"), (IMAGE_REF, image.as_str())];
+        l.extend(labels);
+        let e = c.prepare("extract-x sha256:c1", "", &l).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {}", e.message());
+        assert!(e.message().contains(what), "{what}: {}", e.message());
+    }
+    let e = c
+        .prepare(
+            "extract-y sha256:c2",
+            "",
+            &[(REF, "sha256:c2"), (IMAGE_REF, "no-host"), (DIGEST, HELLO_LAYER), (SIZE, "1")],
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    // a layer whose blob the registry does not have: the pull is lazy, the container start fails
+    let size = "642560";
+    let e = c
+        .prepare(
+            "extract-z sha256:c3",
+            "",
+            &[(REF, "sha256:c3"), (IMAGE_REF, &image), (DIGEST, &missing), (SIZE, size)],
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let start = std::time::Instant::now();
+    let e = c.prepare("ctr-missing", "sha256:c3", &[]).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert!(e.message().contains(&missing[7..20]) || e.message().contains("404"), "{}", e.message());
+    // still usable: the good image runs
+    let chain = prepare_remote_hello(&mut c, &reg);
+    let m = c.prepare("ok", &chain, &[]).unwrap();
+    let target = t.path().join("rootfs");
+    grpc::mount(&m, &target);
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    grpc::umount(&target);
+    c.remove("ok").unwrap();
+    c.remove(&chain).unwrap();
+    c.remove("sha256:c3").unwrap();
+    assert!(c.list(&[]).unwrap().is_empty());
+    assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+    // a config with an unknown key: the daemon refuses to start and names it
+    std::fs::write(&snap.config, "rwmode = \"dir\"\n").unwrap();
+    let out = output(
+        Command::new(env!("CARGO_BIN_EXE_overlaybd-snapshotter"))
+            .arg("--config")
+            .arg(&snap.config)
+            .arg("--root")
+            .arg(&snap.root),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rwmode"), "{}", String::from_utf8_lossy(&out.stderr));
+}
