@@ -12,6 +12,7 @@ need_apt=()
 command -v debugfs >/dev/null 2>&1 || [ -x /usr/sbin/debugfs ] || [ -x /sbin/debugfs ] || need_apt+=(e2fsprogs)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # libublk's bindings are generated with bindgen, which needs libclang
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 # the ext2fs crate binds the system libext2fs (found with pkg-config)

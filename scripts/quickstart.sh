@@ -8,11 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 scripts/deps.sh
-cargo build --release --locked -p backstore
+cargo build --release --locked -p backstore -p overlaybd-snapshotter
 B=target/release
 REF=backstore/tests/data/reference/hello-world-amd64-overlaybd-layer.tar
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+cleanup() { for p in ${PIDS:-}; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$W"; }
+PIDS=""
+trap cleanup EXIT
 set -x
 $B/overlaybd-info --verify "$REF"
 $B/overlaybd-zfile -x "$REF" "$W/hello.lsmt"
@@ -36,3 +38,44 @@ python3 backstore/tests/data/obd_inspect.py info "$W/layer.tar"
 $B/overlaybd-dump "$W/layer.tar" -o "$W/ours.img"
 debugfs -R "dump /hello $W/hello2" "$W/ours.img" 2>/dev/null
 sha256sum "$W/hello2"
+# the snapshotter: a private registry with the reference image, containerd using our daemon
+set +x
+R=backstore/tests/data/reference
+O=$W/oci; mkdir -p "$O/blobs/sha256"
+for f in overlaybd-layer.tar overlaybd-config.json overlaybd-manifest.json; do
+  cp "$R/hello-world-amd64-$f" "$O/blobs/sha256/$(sha256sum "$R/hello-world-amd64-$f" | cut -d' ' -f1)"
+done
+M=$R/hello-world-amd64-overlaybd-manifest.json
+echo '{"imageLayoutVersion":"1.0.0"}' > "$O/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"obd"}}]}' \
+  "$(sha256sum "$M" | cut -d' ' -f1)" "$(stat -c%s "$M")" > "$O/index.json"
+mkdir -p "$W/reg"
+printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5099\n' "$W/reg" > "$W/reg.yml"
+docker-registry serve "$W/reg.yml" >"$W/reg.log" 2>&1 & PIDS="$PIDS $!"
+for _ in $(seq 100); do curl -sf http://127.0.0.1:5099/v2/ >/dev/null && break; sleep 0.1; done
+skopeo copy -q --dest-tls-verify=false --preserve-digests "oci:$O:obd" docker://127.0.0.1:5099/hello:obd
+$B/overlaybd-snapshotter --root "$W/snroot" --address "$W/snap.sock" --run-dir "$W/snrun" --frontend fuse-loop >"$W/snap.log" 2>&1 & PIDS="$PIDS $!"
+mkdir -p "$W/ctrd"
+cat > "$W/ctrd/config.toml" <<EOC
+version = 2
+root = "$W/ctrd/root"
+state = "$W/ctrd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$W/ctrd/sock"
+[ttrpc]
+  address = "$W/ctrd/sock.ttrpc"
+[proxy_plugins.overlaybd]
+  type = "snapshot"
+  address = "$W/snap.sock"
+EOC
+containerd --config "$W/ctrd/config.toml" >"$W/ctrd/log" 2>&1 & CPID=$!
+for _ in $(seq 100); do ctr -a "$W/ctrd/sock" version >/dev/null 2>&1 && [ -S "$W/snap.sock" ] && break; sleep 0.1; done
+C="ctr -a $W/ctrd/sock -n quickstart"
+set -x
+$C image pull --plain-http --snapshotter overlaybd 127.0.0.1:5099/hello:obd
+$C run --rm --snapshotter overlaybd 127.0.0.1:5099/hello:obd hello1
+$C image rm 127.0.0.1:5099/hello:obd
+set +x
+kill $CPID; wait $CPID 2>/dev/null || true
+rmdir /sys/fs/cgroup/quickstart /sys/fs/cgroup/*/quickstart 2>/dev/null || true

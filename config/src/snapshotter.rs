@@ -290,6 +290,12 @@ mod tests {
         assert!(SnapshotterConfig::load(Path::new("/nonexistent/c.toml"), false).is_ok());
     }
 
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let c: SnapshotterConfig = toml::from_str(include_str!("../../systemd/config.toml")).unwrap();
+        assert_eq!(c, SnapshotterConfig::default());
+    }
+
     fn tempfile_path(name: &str, text: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("obd-cfg-{}-{name}", std::process::id()));
         std::fs::write(&d, text).unwrap();

@@ -362,3 +362,67 @@ fn bad_labels_and_missing_blobs_give_clear_errors_and_leave_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rwmode"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_leaks() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let mut c = Client::connect(&snap.socket);
+    let chain = prepare_remote_hello(&mut c, &reg);
+    let m = c.prepare("w", &chain, &[(WRITABLE, "dir")]).unwrap();
+    let target = t.path().join("rootfs");
+    grpc::mount(&m, &target);
+    // a writer that fsyncs each 1 MiB file and notes it once it is durable
+    let done = t.path().join("done.txt");
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while true; do dd if=/dev/zero of={0}/f$i bs=64k count=16 conv=fsync 2>/dev/null || exit 3; echo $i >> {1}; i=$((i+1)); done",
+            target.display(),
+            done.display()
+        ))
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&done).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(std::time::Instant::now() < end, "the writer made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGKILL);
+    // the writer ends with an error in bounded time: no hang on the dead device
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = writer.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > end {
+            let _ = writer.kill();
+            panic!("the writer hangs on the device of a killed snapshotter");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success(), "{status}");
+    let durable: Vec<String> = std::fs::read_to_string(&done).unwrap().lines().map(str::to_string).collect();
+    run(Command::new("umount").arg("-l").arg(&target));
+    // the restart removes the dead device's remains; Mounts attaches it anew with the durable data
+    snap.restart();
+    let mut c = Client::connect(&snap.socket);
+    let m2 = c.mounts_of("w").unwrap();
+    grpc::mount(&m2, &target);
+    for i in &durable {
+        let f = target.join(format!("f{i}"));
+        assert_eq!(std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0), 1 << 20, "fsync'd file {} lost", f.display());
+    }
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    grpc::umount(&target);
+    c.remove("w").unwrap();
+    c.remove(&chain).unwrap();
+    assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}

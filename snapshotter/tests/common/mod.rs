@@ -3,7 +3,7 @@
 //! `overlaybd-snapshotter` binary of this build on the fuse-loop frontend; images are built
 //! here as OCI layouts and pushed with `skopeo`.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::io::Write;
