@@ -426,3 +426,36 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
     snap.stop(nix::sys::signal::Signal::SIGTERM);
     assert_nothing_left(&snap);
 }
+
+#[test]
+fn a_cri_pull_is_lazy_and_the_image_greets() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let img = reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
+    let before = reg.log_text();
+    cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
+    // no layer data was fetched at pull time, and none landed in containerd's content store
+    let pulled = reg.log_text()[before.len()..].to_string();
+    assert!(!pulled.contains(&format!("blobs/{HELLO_LAYER}\" http.request.useragent=containerd")), "{pulled}");
+    let content = ctrd.ctr(&["content", "ls"]);
+    let blobs: Vec<&str> = content.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(!blobs.contains(&HELLO_LAYER), "the layer blob is in the content store: {content}");
+    assert_eq!(blobs.len(), 3, "the manifest and config only: {content}");
+    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(snaps.contains(HELLO_LAYER), "{snaps}");
+    // the container starts from the registry, read by ranges
+    let out = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1"]);
+    assert!(out.contains("Hello from Docker!"), "{out}");
+    let log = reg.log_text();
+    let gets: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/v2/test/hello/blobs/{HELLO_LAYER}")))
+        .collect();
+    assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
+    ctrd.ctr(&["image", "rm", &img]);
+    drop(ctrd);
+    drop(snap);
+}

@@ -423,6 +423,16 @@ pub struct Containerd {
 impl Containerd {
     /// Starts one in `dir` for the snapshotter at `snap_socket`.
     pub fn start(dir: &Path, snap_socket: &Path, namespace: &str) -> Containerd {
+        Containerd::launch(dir, snap_socket, namespace, None)
+    }
+
+    /// Starts one with its CRI plugin on, pulling through overlaybd with the snapshot
+    /// annotations on (as a Kubernetes node would), and `plain_http` reached over HTTP.
+    pub fn start_with_cri(dir: &Path, snap_socket: &Path, plain_http: &str) -> Containerd {
+        Containerd::launch(dir, snap_socket, "k8s.io", Some(plain_http))
+    }
+
+    fn launch(dir: &Path, snap_socket: &Path, namespace: &str, cri: Option<&str>) -> Containerd {
         let d = dir.join("containerd");
         std::fs::create_dir_all(&d).unwrap();
         let socket = d.join("containerd.sock");
@@ -430,12 +440,20 @@ impl Containerd {
         std::fs::write(
             &cfg,
             format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n{3}\n\
                  [grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n\
                  [proxy_plugins.overlaybd]\n  type = \"snapshot\"\n  address = \"{2}\"\n",
                 d.display(),
                 socket.display(),
-                snap_socket.display()
+                snap_socket.display(),
+                match cri {
+                    None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]".to_string(),
+                    Some(host) => format!(
+                        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_apparmor = true\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    \
+                         snapshotter = \"overlaybd\"\n    disable_snapshot_annotations = false\n  \
+                         [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n    endpoint = [\"http://{host}\"]\n"
+                    ),
+                }
             ),
         )
         .unwrap();
@@ -644,5 +662,41 @@ pub mod grpc {
     /// Unmounts `target`.
     pub fn umount(target: &Path) {
         run(Command::new("umount").arg(target));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A CRI client of containerd, pulling as the kubelet does.
+pub mod cri {
+    use super::*;
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    use k8s_cri::v1::{ImageSpec, PullImageRequest};
+
+    /// PullImage of `image` through containerd's CRI plugin at `socket`; the image ref.
+    pub fn pull(socket: &Path, image: &str) -> Result<String, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let p = socket.to_path_buf();
+        rt.block_on(async move {
+            let ch = tonic14::transport::Endpoint::try_from("http://[::]")
+                .unwrap()
+                .connect_with_connector(tower05::service_fn(move |_: tonic14::transport::Uri| {
+                    let p = p.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                    }
+                }))
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let mut c = ImageServiceClient::new(ch);
+            let r = c
+                .pull_image(PullImageRequest {
+                    image: Some(ImageSpec { image: image.to_string(), ..Default::default() }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("PullImage: {e}"))?;
+            Ok(r.into_inner().image_ref)
+        })
     }
 }
