@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 scripts/deps.sh
-cargo build --release --locked -p backstore -p overlaybd-snapshotter
+cargo build --release --locked -p backstore -p overlaybd-snapshotter -p overlaybd-integration
 B=target/release
 REF=backstore/tests/data/reference/hello-world-amd64-overlaybd-layer.tar
 W=$(mktemp -d)
@@ -38,7 +38,8 @@ python3 backstore/tests/data/obd_inspect.py info "$W/layer.tar"
 $B/overlaybd-dump "$W/layer.tar" -o "$W/ours.img"
 debugfs -R "dump /hello $W/hello2" "$W/ours.img" 2>/dev/null
 sha256sum "$W/hello2"
-# the snapshotter: a private registry with the reference image, containerd using our daemon
+# the snapshotter: a private registry with the reference image, containerd (with its CRI plugin, as
+# on a Kubernetes node) using our daemon; the image is pulled lazily and run
 set +x
 R=backstore/tests/data/reference
 O=$W/oci; mkdir -p "$O/blobs/sha256"
@@ -49,18 +50,20 @@ M=$R/hello-world-amd64-overlaybd-manifest.json
 echo '{"imageLayoutVersion":"1.0.0"}' > "$O/oci-layout"
 printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"obd"}}]}' \
   "$(sha256sum "$M" | cut -d' ' -f1)" "$(stat -c%s "$M")" > "$O/index.json"
+REG=127.0.0.1:5099
 mkdir -p "$W/reg"
-printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:5099\n' "$W/reg" > "$W/reg.yml"
+printf 'version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' "$W/reg" "$REG" > "$W/reg.yml"
 docker-registry serve "$W/reg.yml" >"$W/reg.log" 2>&1 & PIDS="$PIDS $!"
-for _ in $(seq 100); do curl -sf http://127.0.0.1:5099/v2/ >/dev/null && break; sleep 0.1; done
-skopeo copy -q --dest-tls-verify=false --preserve-digests "oci:$O:obd" docker://127.0.0.1:5099/hello:obd
-$B/overlaybd-snapshotter --root "$W/snroot" --address "$W/snap.sock" --run-dir "$W/snrun" --frontend fuse-loop >"$W/snap.log" 2>&1 & PIDS="$PIDS $!"
+for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
+skopeo copy -q --dest-tls-verify=false --preserve-digests "oci:$O:obd" "docker://$REG/hello:obd"
+printf '[[mirrorRegistry]]\nhost = "%s"\ninsecure = true\n' "$REG" > "$W/snap.toml"
+$B/overlaybd-snapshotter --config "$W/snap.toml" --root "$W/snroot" --address "$W/snap.sock" --run-dir "$W/snrun" \
+  --frontend fuse-loop >"$W/snap.log" 2>&1 & PIDS="$PIDS $!"
 mkdir -p "$W/ctrd"
 cat > "$W/ctrd/config.toml" <<EOC
 version = 2
 root = "$W/ctrd/root"
 state = "$W/ctrd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$W/ctrd/sock"
 [ttrpc]
@@ -68,14 +71,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [proxy_plugins.overlaybd]
   type = "snapshot"
   address = "$W/snap.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlaybd"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REG"]
+    endpoint = ["http://$REG"]
 EOC
 containerd --config "$W/ctrd/config.toml" >"$W/ctrd/log" 2>&1 & CPID=$!
 for _ in $(seq 100); do ctr -a "$W/ctrd/sock" version >/dev/null 2>&1 && [ -S "$W/snap.sock" ] && break; sleep 0.1; done
-C="ctr -a $W/ctrd/sock -n quickstart"
+C="ctr -a $W/ctrd/sock -n k8s.io"
 set -x
-$C image pull --plain-http --snapshotter overlaybd 127.0.0.1:5099/hello:obd
-$C run --rm --snapshotter overlaybd 127.0.0.1:5099/hello:obd hello1
-$C image rm 127.0.0.1:5099/hello:obd
+$B/cri-pull --address "$W/ctrd/sock" "$REG/hello:obd"
+$C content ls        # the manifest and the config: no layer blob was downloaded
+$C run --rm --snapshotter overlaybd "$REG/hello:obd" hello1
 set +x
+echo "registry answers for the layer blob (206 = a range):"
+grep 'method=GET' "$W/reg.log" | grep 'blobs/sha256:022231c3' | grep -o 'response.status=[0-9]*' | sort | uniq -c
+$C image rm "$REG/hello:obd" >/dev/null
 kill $CPID; wait $CPID 2>/dev/null || true
-rmdir /sys/fs/cgroup/quickstart /sys/fs/cgroup/*/quickstart 2>/dev/null || true
+rmdir /sys/fs/cgroup/k8s.io /sys/fs/cgroup/*/k8s.io 2>/dev/null || true
