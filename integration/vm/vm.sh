@@ -37,7 +37,7 @@ vmlinuz=$(ls "$cache"/kernel/boot/vmlinuz-* | head -1)
 kver=${vmlinuz##*/vmlinuz-}
 
 # 3. the initramfs: busybox, the modules' dependency closure, glibc and e2fsprogs
-initrd=$cache/initrd-$kver.gz
+initrd=$cache/initrd-v2-$kver.gz
 if [ ! -f "$initrd" ]; then
   st=$(mktemp -d)
   mkdir -p "$st"/{bin,sbin,proc,sys,dev,tmp,run,share,etc,lib/modules}
@@ -45,7 +45,7 @@ if [ ! -f "$initrd" ]; then
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$st/bin/$a"; done
   ln -sf ../bin/busybox "$st/sbin/modprobe"
   depmod -b "$cache/kernel" "$kver"
-  mods="configfs target_core_mod target_core_user tcm_loop uio ublk_drv sd_mod 9pnet_virtio 9p ext4 loop fuse crc32c_generic"
+  mods="configfs target_core_mod target_core_user tcm_loop uio ublk_drv sd_mod 9pnet_virtio 9p ext4 loop fuse overlay crc32c_generic"
   for m in $(modprobe -a -d "$cache/kernel" -S "$kver" --show-depends $mods | awk '$1=="insmod"{print $2}'); do
     rel=${m#"$cache/kernel/"}
     mkdir -p "$st/$(dirname "$rel")"
@@ -59,10 +59,12 @@ if [ ! -f "$initrd" ]; then
     for l in $(ldd "$p" | grep -o '/[^ ]*'); do mkdir -p "$st$(dirname "$l")"; cp -L "$l" "$st$l"; done
   done
   for l in $(ldd "$root/target/release/overlaybd-attach" | grep -o '/[^ ]*'); do mkdir -p "$st$(dirname "$l")"; cp -L "$l" "$st$l"; done
+  # runc's libseccomp (containerd, its shim, ctr and docker-registry need only libc)
+  if command -v runc >/dev/null; then for l in $(ldd "$(command -v runc)" | grep -o '/[^ ]*'); do mkdir -p "$st$(dirname "$l")"; cp -L "$l" "$st$l"; done; fi
   cat > "$st/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp; mount -t tmpfs run /run
-for m in crc32c_generic configfs target_core_user tcm_loop uio ublk_drv sd_mod 9pnet_virtio 9p ext4 loop fuse; do modprobe $m 2>/dev/null; done
+for m in crc32c_generic configfs target_core_user tcm_loop uio ublk_drv sd_mod 9pnet_virtio 9p ext4 loop fuse overlay; do modprobe $m 2>/dev/null; done
 grep -q " /sys/kernel/config " /proc/mounts || mount -t configfs none /sys/kernel/config
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 host0 /share
 export PATH=/share/bin:/bin:/sbin:/usr/bin:/usr/sbin
@@ -82,6 +84,11 @@ share=$(mktemp -d)
 trap 'rm -rf "$share"' EXIT
 mkdir -p "$share/bin"
 cp "$root"/target/release/overlaybd-{attach,create,commit,zfile,dump,info} "$share/bin/"
+# the snapshotter with containerd, runc and a registry from the host's packages, when built
+if [ -x "$root/target/release/overlaybd-snapshotter" ] && command -v containerd >/dev/null; then
+  cp "$root"/target/release/{overlaybd-snapshotter,cri-pull} "$share/bin/"
+  for b in containerd ctr containerd-shim-runc-v2 runc docker-registry; do cp "$(readlink -f "$(command -v $b)")" "$share/bin/$b"; done
+fi
 { printf 'set --'; printf ' %q' "$@"; printf '\n'; cat "$script"; } > "$share/guest.sh"
 cp -r "$(dirname "$script")" "$share/guest"
 cp -r "$root/backstore/tests/data/reference" "$share/reference"
