@@ -37,6 +37,9 @@ pub enum Error {
     /// A device could not be opened, attached, formatted, mounted or detached.
     #[error("{0}")]
     Device(String),
+    /// A disk is full.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// Results of this crate.
@@ -58,6 +61,7 @@ impl Error {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Io { source, .. } if source.raw_os_error() == Some(nix::libc::ENOSPC) => Code::ResourceExhausted,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
+            Error::NoSpace(_) => Code::ResourceExhausted,
             Error::Store(_) | Error::Io { .. } | Error::Device(_) => Code::Unknown,
         }
     }
@@ -71,6 +75,11 @@ impl From<Error> for Status {
 
 impl From<backstore::Error> for Error {
     fn from(e: backstore::Error) -> Error {
-        Error::Device(e.to_string())
+        match &e {
+            backstore::Error::Io { cause, .. } if cause.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                Error::NoSpace(e.to_string())
+            }
+            _ => Error::Device(e.to_string()),
+        }
     }
 }

@@ -86,7 +86,12 @@ fn now_ns() -> u64 {
 }
 
 fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("{what}: {e}"))
+    let msg = format!("{what}: {e}");
+    if msg.contains("No space left on device") {
+        Error::NoSpace(format!("metadata store: {msg}"))
+    } else {
+        Error::Store(msg)
+    }
 }
 
 /// The store.

@@ -459,3 +459,45 @@ fn a_cri_pull_is_lazy_and_the_image_greets() {
     drop(ctrd);
     drop(snap);
 }
+
+#[test]
+fn a_full_disk_gives_a_clear_error_and_the_snapshotter_stays_usable() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    // the root on a small file system of its own
+    let small = t.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&small));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(small.clone());
+    let mut snap = Snapshotter::start(&small, &insecure(&reg));
+    let mut c = Client::connect(&snap.socket);
+    let chain = prepare_remote_hello(&mut c, &reg);
+    // fill the disk, then a container's writable layer cannot be made
+    let filler = small.join("filler");
+    let _ = output(Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).args(["bs=64k"]));
+    let e = c.prepare("w", &chain, &[(WRITABLE, "dir")]).unwrap_err();
+    assert!(e.message().contains("No space left on device"), "{:?}: {}", e.code(), e.message());
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    // nothing half-made stays, and with space back everything works
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(c.stat("w").unwrap_err().code(), Code::NotFound);
+    let m = c.prepare("w", &chain, &[(WRITABLE, "dir")]).unwrap();
+    let target = t.path().join("rootfs");
+    grpc::mount(&m, &target);
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    grpc::umount(&target);
+    c.remove("w").unwrap();
+    c.remove(&chain).unwrap();
+    assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}

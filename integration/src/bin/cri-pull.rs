@@ -27,19 +27,25 @@ struct Args {
 
 async fn pull(a: &Args) -> Result<String, String> {
     let p = a.address.clone();
-    let ch = tonic::transport::Endpoint::try_from("http://[::]")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let p = p.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-        }))
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", a.address.display()))?;
+    let ch =
+        tonic::transport::Endpoint::try_from("http://[::]")
+            .map_err(|e| e.to_string())?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", a.address.display()))?;
     let req = PullImageRequest {
         image: Some(ImageSpec { image: a.image.clone(), ..Default::default() }),
         ..Default::default()
     };
-    let r = ImageServiceClient::new(ch).pull_image(req).await.map_err(|e| format!("PullImage {}: {}", a.image, e.message()))?;
+    let r = ImageServiceClient::new(ch)
+        .pull_image(req)
+        .await
+        .map_err(|e| format!("PullImage {}: {}", a.image, e.message()))?;
     Ok(r.into_inner().image_ref)
 }
 
