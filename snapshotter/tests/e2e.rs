@@ -427,6 +427,16 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
     assert_nothing_left(&snap);
 }
 
+/// CRI names an image by its tag and by its ID: removing both (as the kubelet's RemoveImage
+/// does) frees its snapshots.
+fn remove_all_images(ctrd: &Containerd) {
+    let ls = ctrd.ctr(&["image", "ls", "-q"]);
+    let names: Vec<&str> = ls.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut args = vec!["image", "rm", "--sync"];
+    args.extend(names);
+    ctrd.ctr(&args);
+}
+
 #[test]
 fn a_cri_pull_is_lazy_and_the_image_greets() {
     require_real_parts();
@@ -455,7 +465,8 @@ fn a_cri_pull_is_lazy_and_the_image_greets() {
         .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/v2/test/hello/blobs/{HELLO_LAYER}")))
         .collect();
     assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
-    ctrd.ctr(&["image", "rm", &img]);
+    remove_all_images(&ctrd);
+    assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
     drop(ctrd);
     drop(snap);
 }
@@ -498,6 +509,82 @@ fn a_full_disk_gives_a_clear_error_and_the_snapshotter_stays_usable() {
     c.remove(&chain).unwrap();
     assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
     drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}
+
+#[test]
+fn sigkill_under_a_running_container_ends_its_io_with_errors_and_leaves_nothing_after_removal() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let (layout, _) = busybox_overlaybd_image(&t.path().join("bbobd"), "obd");
+    let img = reg.push(&layout.dir, "obd", "test/bbobd");
+    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
+    cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
+    // a container reading its image (direct I/O, so every read reaches the device) and
+    // writing to its rootfs
+    let script =
+        "i=0; while true; do if dd if=/etc/big of=/dev/null bs=4k count=1 skip=$((i % 700)) iflag=direct 2>/dev/null; \
+                  then echo ok >> /tmp/log; else echo err >> /tmp/log; fi; i=$((i+1)); sleep 0.02; done";
+    ctrd.ctr(&["run", "-d", "--snapshotter", "overlaybd", &img, "io1", "sh", "-c", script]);
+    let log_of = || ctrd.ctr_output(&["task", "exec", "--exec-id", "l", "io1", "cat", "/tmp/log"]);
+    let count = |what: &str| String::from_utf8_lossy(&log_of().stdout).lines().filter(|l| *l == what).count();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count("ok") < 10 {
+        assert!(std::time::Instant::now() < end, "the container made no progress: {}", snap.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    snap.stop(nix::sys::signal::Signal::SIGKILL);
+    // the container's reads now fail, promptly, instead of hanging; containerd answers
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count("err") < 3 {
+        assert!(std::time::Instant::now() < end, "reads on the dead device neither fail nor go on");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ctrd.ctr(&["task", "ls"]);
+    // restart, then remove the container and the image: nothing of either stays
+    snap.restart();
+    // containerd's gRPC channel redials with a backoff: wait until it reaches the new process
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "usage"]).status.success() {
+        assert!(std::time::Instant::now() < end, "containerd does not reach the restarted snapshotter");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ctrd.ctr(&["task", "kill", "-s", "KILL", "io1"]);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctrd.ctr_output(&["task", "rm", "io1"]).status.success() {
+        assert!(std::time::Instant::now() < end, "the task does not go");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ctrd.ctr(&["container", "rm", "io1"]);
+    remove_all_images(&ctrd);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !snapshot_dirs(&snap).is_empty()
+        || !loop_devices_of(&snap.run_dir).is_empty()
+        || !mounts_under(&snap.root).is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "left after removal: dirs {:?}, loops {:?}, mounts {:?}\n{}",
+            snapshot_dirs(&snap),
+            loop_devices_of(&snap.run_dir),
+            mounts_under(&snap.root),
+            snap.log_text()
+                .lines()
+                .filter(|l| l.contains("Remove") || l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // and the snapshotter still serves: the image pulls and runs again
+    cri::pull(&ctrd.socket, &img).unwrap();
+    let out = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "io2", "cat", "/etc/keep"]);
+    assert!(out.contains("keep"), "{out}");
+    remove_all_images(&ctrd);
+    drop(ctrd);
     snap.stop(nix::sys::signal::Signal::SIGTERM);
     assert_nothing_left(&snap);
 }
