@@ -63,6 +63,11 @@ pub fn run(cfg: SnapshotterConfig) -> anyhow::Result<()> {
         Snapshots::open(cfg.clone(), |layout| Devices::new(layout.clone(), kind, &run_dir, tenant, backstore))
             .with_context(|| format!("opening the snapshotter root {}", cfg.root.display()))?;
     let snapshots = Arc::new(snapshots);
+    let again = snapshots.clone();
+    std::thread::Builder::new()
+        .name("reattach".into())
+        .spawn(move || again.reattach_devices())
+        .context("starting the re-attach thread")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(256)

@@ -40,6 +40,8 @@ pub struct Snapshots {
     devices: Devices,
     index_off: bool,
     mutate: Mutex<()>,
+    /// Snapshots whose devices an earlier process had mounted: attached again at start.
+    reattach: Mutex<Vec<u64>>,
 }
 
 /// A snapshot as callers see it.
@@ -110,6 +112,7 @@ impl Snapshots {
             devices,
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             mutate: Mutex::new(()),
+            reattach: Mutex::new(Vec::new()),
         };
         s.reconcile();
         Ok(s)
@@ -130,12 +133,21 @@ impl Snapshots {
     }
 
     /// At start: the devices of an earlier process are gone with it, so their mounts are dead.
-    /// Unmount them (Mounts attaches anew when a container needs one) and drop abandoned dirs.
+    /// Unmount them and drop abandoned dirs; [`Snapshots::reattach_devices`] then attaches
+    /// those devices anew (Mounts would too, when a container asks).
     fn reconcile(&self) {
         let prefix = self.layout.snapshots();
+        let mut ids = Vec::new();
         for m in mounts::mounts() {
             if m.target.starts_with(&prefix) && m.target.ends_with("block/mountpoint") {
                 tracing::warn!(mountpoint = %m.target.display(), source = %m.source, "unmounting a device left by an earlier process");
+                let id = m
+                    .target
+                    .strip_prefix(&prefix)
+                    .ok()
+                    .and_then(|r| r.iter().next())
+                    .and_then(|c| c.to_str()?.parse::<u64>().ok());
+                ids.extend(id);
                 for _ in 0..16 {
                     if nix::mount::umount2(&m.target, nix::mount::MntFlags::MNT_DETACH).is_err() {
                         break;
@@ -148,6 +160,32 @@ impl Snapshots {
         }
         if let Err(e) = self.remove_stale_dirs() {
             tracing::warn!(error = %e, "cleaning the snapshot directories failed");
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        *self.reattach.lock().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// Attaches and mounts again the devices an earlier process had mounted, for the snapshots
+    /// that still exist (image layers read-only, writable layers read-write). Failures are
+    /// logged: Mounts retries when a container needs the device.
+    pub fn reattach_devices(&self) {
+        let ids = std::mem::take(&mut *self.reattach.lock().unwrap_or_else(|p| p.into_inner()));
+        let Ok(all) = self.store.read(|r| r.all()) else { return };
+        for id in ids {
+            let Some((name, rec)) = all.iter().find(|(_, r)| r.id == id) else { continue };
+            let Some(cfg) = blockconfig::load(&self.layout, id) else { continue };
+            let wt = if cfg.upper.is_empty() { RwMode::Overlayfs } else { RwMode::Dir };
+            let parent_fs = all.iter().find(|(n, _)| *n == rec.parent).and_then(|(_, p)| p.label(L::BLOB_FS_TYPE));
+            let fs = rec.label(L::BLOB_FS_TYPE).or(parent_fs).unwrap_or(&self.cfg.default_fs_type).to_string();
+            match self.devices.attach_and_mount(id, wt, &FsType::parse(&fs), false) {
+                Ok(dev) => {
+                    tracing::info!(id, snapshot = %name, device = %dev.display(), "device attached again after a restart")
+                }
+                Err(e) => {
+                    tracing::warn!(id, snapshot = %name, error = %e, "attaching the device again failed (Mounts retries)")
+                }
+            }
         }
     }
 

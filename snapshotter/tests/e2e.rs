@@ -91,7 +91,8 @@ fn a_plain_oci_image_runs_through_containerd() {
 fn containerd_snapshot_semantics_hold() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let snap = Snapshotter::start(t.path(), "");
+    let port = free_port();
+    let snap = Snapshotter::start(t.path(), &format!("[exporterConfig]\nenable = true\nport = {port}\n"));
     let mut c = Client::connect(&snap.socket);
     let m = t.path().join("m");
     // a parentless active snapshot is a writable directory
@@ -145,6 +146,18 @@ fn containerd_snapshot_semantics_hold() {
     let e = c.remove("A").unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("remove"), "{}", e.message());
+    // the Prometheus endpoint counts the calls and their errors
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200") && metrics.contains("is_alive 1"), "{metrics}");
+    assert!(metrics.contains("grpc_latency_seconds_count{function=\"Prepare\"}"), "{metrics}");
+    assert!(metrics.contains("grpc_error_count{function=\"Remove\"} 1"), "{metrics}");
     c.remove("v").unwrap();
     c.remove("B").unwrap();
     c.remove("A").unwrap();
@@ -408,8 +421,13 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
     assert!(!status.success(), "{status}");
     let durable: Vec<String> = std::fs::read_to_string(&done).unwrap().lines().map(str::to_string).collect();
     run(Command::new("umount").arg("-l").arg(&target));
-    // the restart removes the dead device's remains; Mounts attaches it anew with the durable data
+    // the restart removes the dead device's remains and attaches it anew with the durable data
     snap.restart();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while mounts_under(&snap.root).is_empty() {
+        assert!(std::time::Instant::now() < end, "the device was not attached again at start: {}", snap.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let mut c = Client::connect(&snap.socket);
     let m2 = c.mounts_of("w").unwrap();
     grpc::mount(&m2, &target);

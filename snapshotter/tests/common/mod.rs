@@ -36,7 +36,8 @@ pub fn require_real_parts() {
     assert!(Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists(), "no FUSE or loop devices");
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
