@@ -645,7 +645,12 @@ impl Snapshots {
                 let p = w.must(&rec.parent)?;
                 // Q16: the parent is classified with its own labels
                 if classify(&self.layout, p.id, &p.labels) != Storage::Normal && self.devices.is_attached(p.id) {
-                    let others = w.children(&rec.parent)?.into_iter().filter(|c| c != key).count();
+                    let mut others = 0;
+                    for c in w.children(&rec.parent)?.into_iter().filter(|c| c != key) {
+                        if w.get(&c)?.is_some_and(|r| r.kind != Kind::Committed) {
+                            others += 1;
+                        }
+                    }
                     if others == 0 && !mounts::overlay_uses(&self.layout.mountpoint(p.id)) {
                         if let Err(e) = self.devices.unmount_and_detach(p.id) {
                             tracing::warn!(id = p.id, error = %e, "autoRemoveDev: detaching the image device failed");

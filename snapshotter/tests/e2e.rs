@@ -606,3 +606,48 @@ fn sigkill_under_a_running_container_ends_its_io_with_errors_and_leaves_nothing_
     snap.stop(nix::sys::signal::Signal::SIGTERM);
     assert_nothing_left(&snap);
 }
+
+#[test]
+fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_images() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let mut snap = Snapshotter::start(t.path(), &format!("autoRemoveDev = true\n{}", insecure(&reg)));
+    let mut c = Client::connect(&snap.socket);
+    let chain = prepare_remote_hello(&mut c, &reg);
+    // dev: a raw writable device, mounted by whoever runs the container
+    let m = c.prepare("d", &chain, &[(WRITABLE, "dev")]).unwrap();
+    let (ty, dev, opts) = &m[0];
+    assert_eq!((ty.as_str(), opts.clone()), ("ext4", vec!["rw".to_string(), "discard".to_string()]), "{m:?}");
+    assert!(Path::new(dev).exists(), "{dev}");
+    let target = t.path().join("rootfs");
+    std::fs::create_dir_all(&target).unwrap();
+    run(Command::new("mount").args(["-t", "ext4"]).arg(dev).arg(&target));
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    std::fs::write(target.join("mine"), "on the device").unwrap();
+    grpc::umount(&target);
+    assert_eq!(c.mounts_of("d").unwrap(), m);
+    c.commit("D", "d", &[]).unwrap();
+    let m2 = c.prepare("r", "D", &[]).unwrap();
+    grpc::mount(&m2, &target);
+    assert_eq!(std::fs::read_to_string(target.join("mine")).unwrap(), "on the device");
+    grpc::umount(&target);
+    // autoRemoveDev: the image device goes with its last container
+    let devices_before = loop_devices_of(&snap.run_dir).len();
+    assert!(devices_before >= 1);
+    c.remove("r").unwrap();
+    assert_eq!(loop_devices_of(&snap.run_dir).len(), devices_before - 1, "{:?}", loop_devices_of(&snap.run_dir));
+    let a = c.prepare("a1", &chain, &[]).unwrap();
+    let b = c.prepare("a2", &chain, &[]).unwrap();
+    assert_eq!(a[0].2.last(), b[0].2.last(), "two containers share the image's device");
+    c.remove("a1").unwrap();
+    assert!(!mounts_under(&snap.root).is_empty(), "detached while a2 still uses it");
+    c.remove("a2").unwrap();
+    assert!(mounts_under(&snap.root).is_empty(), "{:?}", mounts_under(&snap.root));
+    c.remove("D").unwrap();
+    c.remove(&chain).unwrap();
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}
