@@ -51,6 +51,20 @@ fn snapshot_dirs(s: &Snapshotter) -> Vec<String> {
     v
 }
 
+/// A registry holding the reference hello-world image as `test/hello:obd`, and that reference.
+fn hello_registry(dir: &Path) -> (Registry, String) {
+    let reg = Registry::start();
+    let img = reg.push(&reference_hello(&dir.join("hello")).dir, "obd", "test/hello");
+    (reg, img)
+}
+
+/// Stops the snapshotter (SIGTERM) and checks it left nothing in the kernel.
+fn stop_and_check_clean(snap: &mut Snapshotter, c: Client) {
+    drop(c);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(snap);
+}
+
 fn insecure(reg: &Registry) -> String {
     format!("[[mirrorRegistry]]\nhost = \"{}\"\ninsecure = true\n", reg.host)
 }
@@ -169,8 +183,7 @@ fn containerd_snapshot_semantics_hold() {
 fn the_reference_overlaybd_image_pulled_in_full_greets() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let img = reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (_reg, img) = hello_registry(t.path());
     let snap = Snapshotter::start(t.path(), "");
     let ctrd = Containerd::start(t.path(), &snap.socket, "obdfull");
     ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &img]);
@@ -210,8 +223,7 @@ fn prepare_remote_hello(c: &mut Client, reg: &Registry) -> String {
 fn a_remote_layer_is_committed_by_the_snapshotter_and_read_lazily() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, _) = hello_registry(t.path());
     let before = reg.log_text().lines().count();
     let snap = Snapshotter::start(t.path(), &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
@@ -259,8 +271,7 @@ fn a_remote_layer_is_committed_by_the_snapshotter_and_read_lazily() {
 fn writes_survive_a_restart_and_a_committed_writable_layer_is_a_lower() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
     let chain = prepare_remote_hello(&mut c, &reg);
@@ -275,9 +286,7 @@ fn writes_survive_a_restart_and_a_committed_writable_layer_is_a_lower() {
     run(&mut Command::new("sync"));
     grpc::umount(&target);
     // restart: the device goes with the process, and Mounts brings it back
-    drop(c);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
     snap.restart();
     let mut c = Client::connect(&snap.socket);
     let m2 = c.mounts_of("w").unwrap();
@@ -301,17 +310,14 @@ fn writes_survive_a_restart_and_a_committed_writable_layer_is_a_lower() {
     c.remove("W").unwrap();
     c.remove(&chain).unwrap();
     assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
-    drop(c);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
 }
 
 #[test]
 fn bad_labels_and_missing_blobs_give_clear_errors_and_leave_nothing() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
     let image = format!("{}/test/hello:obd", reg.host);
@@ -360,9 +366,7 @@ fn bad_labels_and_missing_blobs_give_clear_errors_and_leave_nothing() {
     c.remove("sha256:c3").unwrap();
     assert!(c.list(&[]).unwrap().is_empty());
     assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
-    drop(c);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
     // a config with an unknown key: the daemon refuses to start and names it
     std::fs::write(&snap.config, "rwmode = \"dir\"\n").unwrap();
     let out = output(
@@ -380,8 +384,7 @@ fn bad_labels_and_missing_blobs_give_clear_errors_and_leave_nothing() {
 fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_leaks() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
     let chain = prepare_remote_hello(&mut c, &reg);
@@ -440,9 +443,7 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
     c.remove("w").unwrap();
     c.remove(&chain).unwrap();
     assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
-    drop(c);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
 }
 
 /// CRI names an image by its tag and by its ID: removing both (as the kubelet's RemoveImage
@@ -459,8 +460,7 @@ fn remove_all_images(ctrd: &Containerd) {
 fn a_cri_pull_is_lazy_and_the_image_greets() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let img = reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, img) = hello_registry(t.path());
     let snap = Snapshotter::start(t.path(), &insecure(&reg));
     let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
     let before = reg.log_text();
@@ -493,8 +493,7 @@ fn a_cri_pull_is_lazy_and_the_image_greets() {
 fn a_full_disk_gives_a_clear_error_and_the_snapshotter_stays_usable() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, _) = hello_registry(t.path());
     // the root on a small file system of its own
     let small = t.path().join("small");
     std::fs::create_dir_all(&small).unwrap();
@@ -526,9 +525,7 @@ fn a_full_disk_gives_a_clear_error_and_the_snapshotter_stays_usable() {
     c.remove("w").unwrap();
     c.remove(&chain).unwrap();
     assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
-    drop(c);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
 }
 
 #[test]
@@ -611,8 +608,7 @@ fn sigkill_under_a_running_container_ends_its_io_with_errors_and_leaves_nothing_
 fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_images() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    reg.push(&reference_hello(&t.path().join("hello")).dir, "obd", "test/hello");
+    let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &format!("autoRemoveDev = true\n{}", insecure(&reg)));
     let mut c = Client::connect(&snap.socket);
     let chain = prepare_remote_hello(&mut c, &reg);
@@ -647,7 +643,5 @@ fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_
     assert!(mounts_under(&snap.root).is_empty(), "{:?}", mounts_under(&snap.root));
     c.remove("D").unwrap();
     c.remove(&chain).unwrap();
-    drop(c);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
 }
