@@ -95,7 +95,45 @@ fn a_plain_oci_image_runs_through_containerd() {
     }
     // the image's layers are committed snapshots of ours, parent linked
     let ls = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
-    assert_eq!(ls.lines().filter(|l| l.contains("Committed")).count(), 2, "{ls}");
+    let committed: Vec<(&str, &str)> = ls
+        .lines()
+        .filter(|l| l.contains("Committed"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3).then(|| (f[0], f[1])).or(Some((f[0], "")))
+        })
+        .collect();
+    assert_eq!(committed.len(), 2, "{ls}");
+    let top = committed.iter().find(|(_, p)| !p.is_empty()).map(|(n, _)| n.to_string()).expect("a layer with a parent");
+    // containerd's snapshot commands reach the snapshotter: prepare, mounts, commit, view, label,
+    // info, usage and rm, with parents
+    let sn = |args: &[&str]| {
+        let mut a = vec!["snapshots", "--snapshotter", "overlaybd"];
+        a.extend_from_slice(args);
+        ctrd.ctr(&a)
+    };
+    let mounts = sn(&["prepare", "--target", "/tmp/x", "work1", &top]);
+    assert!(mounts.contains("overlay") && mounts.contains("lowerdir="), "{mounts}");
+    assert_eq!(sn(&["mounts", "/tmp/x", "work1"]).trim(), mounts.trim());
+    let target = t.path().join("work1");
+    std::fs::create_dir_all(&target).unwrap();
+    let cmd = mounts.trim().replace("/tmp/x", &target.display().to_string());
+    run(Command::new("sh").arg("-c").arg(&cmd));
+    assert_eq!(std::fs::read_to_string(target.join("etc/new")).unwrap(), "second\n");
+    std::fs::write(target.join("etc/added"), "third").unwrap();
+    grpc::umount(&target);
+    sn(&["commit", "done1", "work1"]);
+    let view = sn(&["view", "--target", "/tmp/x", "view1", "done1"]);
+    assert!(view.contains("lowerdir="), "{view}");
+    sn(&["label", "done1", "team=storage"]);
+    let info = sn(&["info", "done1"]);
+    assert!(info.contains("\"team\": \"storage\"") && info.contains("Committed"), "{info}");
+    let usage = sn(&["usage", "done1"]);
+    assert!(usage.lines().count() >= 2, "{usage}");
+    let e = ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "rm", "done1"]);
+    assert!(!e.status.success(), "a snapshot with a child was removed");
+    sn(&["rm", "view1"]);
+    sn(&["rm", "done1"]);
     ctrd.ctr(&["image", "rm", &img]);
     drop(ctrd);
     drop(snap);
