@@ -683,3 +683,69 @@ fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_
     c.remove(&chain).unwrap();
     stop_and_check_clean(&mut snap, c);
 }
+
+#[test]
+fn sigterm_with_a_running_container_stops_in_bounded_time_and_its_io_fails_cleanly() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let (layout, _) = busybox_overlaybd_image(&t.path().join("bbobd"), "obd");
+    let img = reg.push(&layout.dir, "obd", "test/bbobd");
+    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
+    cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
+    let script =
+        "i=0; while true; do if dd if=/etc/big of=/dev/null bs=4k count=1 skip=$((i % 700)) iflag=direct 2>/dev/null; \
+                  then echo ok >> /tmp/log; else echo err >> /tmp/log; fi; i=$((i+1)); sleep 0.02; done";
+    ctrd.ctr(&["run", "-d", "--snapshotter", "overlaybd", &img, "t1", "sh", "-c", script]);
+    let count = |what: &str| {
+        let o = ctrd.ctr_output(&["task", "exec", "--exec-id", "l", "t1", "cat", "/tmp/log"]);
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == what).count()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count("ok") < 5 {
+        assert!(std::time::Instant::now() < end, "the container made no progress");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // a graceful stop (an upgrade, systemctl restart) must not hang on the busy device
+    let started = std::time::Instant::now();
+    let status = snap.stop(nix::sys::signal::Signal::SIGTERM).expect("it was running");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(status.success(), "{status}: {}", snap.log_text());
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count("err") < 3 {
+        assert!(std::time::Instant::now() < end, "reads on the detached device neither fail nor go on");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    snap.restart();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "usage"]).status.success() {
+        assert!(std::time::Instant::now() < end, "containerd does not reach the restarted snapshotter");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ctrd.ctr(&["task", "kill", "-s", "KILL", "t1"]);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctrd.ctr_output(&["task", "rm", "t1"]).status.success() {
+        assert!(std::time::Instant::now() < end, "the task does not go");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ctrd.ctr(&["container", "rm", "t1"]);
+    remove_all_images(&ctrd);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !snapshot_dirs(&snap).is_empty()
+        || !loop_devices_of(&snap.run_dir).is_empty()
+        || !mounts_under(&snap.root).is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "left: {:?} {:?} {:?}",
+            snapshot_dirs(&snap),
+            loop_devices_of(&snap.run_dir),
+            mounts_under(&snap.root)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(ctrd);
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
+    assert_nothing_left(&snap);
+}
