@@ -105,7 +105,7 @@ impl Devices {
         } else if mounts::is_mounted(&mp) {
             // mounted by an earlier process whose device is gone: clear it before attaching anew
             tracing::warn!(id, mountpoint = %mp.display(), "a stale mount of a dead device: unmounting it");
-            Self::force_unmount(&mp);
+            mounts::unmount_lazily(&mp);
         }
         let fresh = g.is_none();
         if fresh {
@@ -173,15 +173,6 @@ impl Devices {
         mounts::mount_device(dev, mp, &fstype, &fs.mount_opts, wt == RwMode::Overlayfs)
     }
 
-    fn force_unmount(mp: &Path) {
-        for _ in 0..16 {
-            if !mounts::is_mounted(mp) {
-                return;
-            }
-            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-
     /// Unmounts snapshot `id`'s file system and detaches its device. Nothing attached is fine.
     pub fn unmount_and_detach(&self, id: u64) -> Result<()> {
         let slot = self.slot(id);
@@ -204,7 +195,7 @@ impl Devices {
             let mp = self.layout.mountpoint(id);
             if mounts::unmount_all(&mp).is_err() {
                 tracing::warn!(id, "file system still in use at shutdown: detaching it lazily");
-                Self::force_unmount(&mp);
+                mounts::unmount_lazily(&mp);
             }
             if let Err(e) = self.unmount_and_detach(id) {
                 tracing::warn!(id, error = %e, "detach at shutdown failed");

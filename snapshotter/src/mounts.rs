@@ -136,6 +136,16 @@ pub fn unmount_all(target: &Path) -> Result<()> {
     Err(Error::Device(format!("{} stays mounted after 64 unmounts", target.display())))
 }
 
+/// Detaches whatever is mounted at `target` lazily (`MNT_DETACH`), layer by layer: for mounts
+/// whose device is dead or still busy. Failures are ignored; the caller checks what stays.
+pub fn unmount_lazily(target: &Path) {
+    for _ in 0..16 {
+        if !is_mounted(target) || nix::mount::umount2(target, MntFlags::MNT_DETACH).is_err() {
+            return;
+        }
+    }
+}
+
 /// A bind mount of `dir`.
 pub fn bind(dir: &Path, read_only: bool) -> Mount {
     Mount {

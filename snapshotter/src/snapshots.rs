@@ -118,16 +118,6 @@ impl Snapshots {
         Ok(s)
     }
 
-    /// The layout of the root.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    /// The device manager.
-    pub fn devices(&self) -> &Devices {
-        &self.devices
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.mutate.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -148,14 +138,7 @@ impl Snapshots {
                     .and_then(|r| r.iter().next())
                     .and_then(|c| c.to_str()?.parse::<u64>().ok());
                 ids.extend(id);
-                for _ in 0..16 {
-                    if nix::mount::umount2(&m.target, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                        break;
-                    }
-                    if !mounts::is_mounted(&m.target) {
-                        break;
-                    }
-                }
+                mounts::unmount_lazily(&m.target);
             }
         }
         if let Err(e) = self.remove_stale_dirs() {
@@ -176,9 +159,8 @@ impl Snapshots {
             let Some((name, rec)) = all.iter().find(|(_, r)| r.id == id) else { continue };
             let Some(cfg) = blockconfig::load(&self.layout, id) else { continue };
             let wt = if cfg.upper.is_empty() { RwMode::Overlayfs } else { RwMode::Dir };
-            let parent_fs = all.iter().find(|(n, _)| *n == rec.parent).and_then(|(_, p)| p.label(L::BLOB_FS_TYPE));
-            let fs = rec.label(L::BLOB_FS_TYPE).or(parent_fs).unwrap_or(&self.cfg.default_fs_type).to_string();
-            match self.devices.attach_and_mount(id, wt, &FsType::parse(&fs), false) {
+            let parent = all.iter().find(|(n, _)| *n == rec.parent).map(|(_, p)| p);
+            match self.devices.attach_and_mount(id, wt, &self.fs_type(rec, parent), false) {
                 Ok(dev) => {
                     tracing::info!(id, snapshot = %name, device = %dev.display(), "device attached again after a restart")
                 }
@@ -281,6 +263,13 @@ impl Snapshots {
         }
     }
 
+    /// The file system of `rec`'s device: its own `blob-fs-type` label, else its parent's (Q30:
+    /// a writable rootfs takes the image's), else `defaultFsType`.
+    fn fs_type(&self, rec: &Record, parent: Option<&Record>) -> FsType {
+        let s = rec.label(L::BLOB_FS_TYPE).or(parent.and_then(|p| p.label(L::BLOB_FS_TYPE)));
+        FsType::parse(s.unwrap_or(&self.cfg.default_fs_type))
+    }
+
     /// `getWritableType`: the writable mode of a rootfs on `parent`.
     fn writable_type(&self, parent: Option<&Record>, labels: &BTreeMap<String, String>) -> RwMode {
         if let Some(p) = parent {
@@ -365,11 +354,9 @@ impl Snapshots {
                 return Ok(Outcome::Exists(format!("target snapshot {target:?}: already exists")));
             }
         }
-        let is_rootfs = !labels.contains_key(L::TARGET_SNAPSHOT_REF)
-            && labels.get(L::SNAPSHOT_TYPE).map(String::as_str) != Some("image");
         let mut storage = Storage::Normal;
         let mut wt = RwMode::Overlayfs;
-        if is_rootfs {
+        if is_rootfs(labels) {
             if labels.contains_key(L::DISK_QUOTA) {
                 return Err(Error::Unimplemented(format!(
                     "label {}: project quotas are not supported yet",
@@ -400,16 +387,13 @@ impl Snapshots {
                 if let Some(p) = parent {
                     self.update_trace_settings(p, (wt != RwMode::Overlayfs).then_some(id))?;
                 }
-                let owner = if wt != RwMode::Overlayfs { id } else { parent_id.unwrap_or(id) };
-                // Q30: a writable rootfs without its own fs type takes the image's
-                let fs = labels
-                    .get(L::BLOB_FS_TYPE)
-                    .filter(|_| owner == id)
-                    .or_else(|| parent.and_then(|p| p.labels.get(L::BLOB_FS_TYPE)))
-                    .cloned()
-                    .unwrap_or_else(|| self.cfg.default_fs_type.clone());
+                // the device is the rootfs's own when it is writable, else the image top's
+                let (owner, fs) = match parent {
+                    Some(p) if wt == RwMode::Overlayfs => (p.id, self.fs_type(p, None)),
+                    _ => (id, self.fs_type(rec, parent)),
+                };
                 *attached = Some(owner);
-                self.devices.attach_and_mount(owner, wt, &FsType::parse(&fs), parent.is_none())?;
+                self.devices.attach_and_mount(owner, wt, &fs, parent.is_none())?;
             } else if labels.contains_key(L::WRITABLE) {
                 let mut l = labels.clone();
                 l.remove(L::WRITABLE);
@@ -459,14 +443,9 @@ impl Snapshots {
                 RwMode::Dev => {
                     let dev = std::fs::read_to_string(self.layout.backstore_mark(id))
                         .map_err(|e| Error::io(self.layout.backstore_mark(id), "read", e))?;
-                    let fs = rec
-                        .label(L::BLOB_FS_TYPE)
-                        .or(ancestors.first().and_then(|(_, p)| p.label(L::BLOB_FS_TYPE)))
-                        .map(|s| FsType::parse(s).fs)
-                        .unwrap_or_else(|| FsType::parse(&self.cfg.default_fs_type).fs);
                     // Q5: the real fs type, not always ext4
                     vec![Mount {
-                        r#type: fs,
+                        r#type: self.fs_type(rec, ancestors.first().map(|(_, p)| p)).fs,
                         source: dev.trim().to_string(),
                         target: String::new(),
                         options: vec![if view { "ro" } else { "rw" }.into(), "discard".into()],
@@ -525,23 +504,14 @@ impl Snapshots {
             let wt = self.writable_type(parent, &rec.labels);
             if wt != RwMode::Overlayfs {
                 // Q6/Q31: the container's own writable device, attached again if it is gone
-                let fs = rec
-                    .label(L::BLOB_FS_TYPE)
-                    .or(parent.and_then(|p| p.label(L::BLOB_FS_TYPE)))
-                    .map(str::to_string)
-                    .unwrap_or_else(|| self.cfg.default_fs_type.clone());
-                self.devices.attach_and_mount(rec.id, wt, &FsType::parse(&fs), false)?;
+                self.devices.attach_and_mount(rec.id, wt, &self.fs_type(&rec, parent), false)?;
                 return self.mounts_for(rec.kind, &rec, &ancestors, Storage::LocalBlock, wt);
             }
         }
-        let is_rootfs =
-            !rec.labels.contains_key(L::TARGET_SNAPSHOT_REF) && rec.label(L::SNAPSHOT_TYPE) != Some("image");
-        if let (Some(p), true) = (parent, is_rootfs) {
+        if let (Some(p), true) = (parent, is_rootfs(&rec.labels)) {
             let ps = classify(&self.layout, p.id, &p.labels);
             if ps.is_block() && blockconfig::load(&self.layout, p.id).is_some() {
-                let fs =
-                    p.label(L::BLOB_FS_TYPE).map(str::to_string).unwrap_or_else(|| self.cfg.default_fs_type.clone());
-                self.devices.attach_and_mount(p.id, RwMode::Overlayfs, &FsType::parse(&fs), false)?;
+                self.devices.attach_and_mount(p.id, RwMode::Overlayfs, &self.fs_type(p, None), false)?;
                 return self.mounts_for(rec.kind, &rec, &ancestors, ps, RwMode::Overlayfs);
             }
         }
@@ -570,7 +540,7 @@ impl Snapshots {
                 if let Some(cfg) = blockconfig::load(&self.layout, id).filter(|c| !c.upper.is_empty()) {
                     self.devices.unmount_and_detach(id)?;
                     self.seal(id, &cfg)?;
-                    labels.insert(L::LOCAL_COMMIT_PATH.into(), self.sealed_path(id));
+                    labels.insert(L::LOCAL_COMMIT_PATH.into(), self.sealed_path(id).display().to_string());
                 }
             }
             if is_turbo(&labels) {
@@ -589,7 +559,7 @@ impl Snapshots {
                     let cfg = blockconfig::local(&self.layout, id, parent_id)?;
                     blockconfig::store(&self.layout, id, &cfg)?;
                     let mut l = r.labels.clone();
-                    l.insert(L::LOCAL_COMMIT_PATH.into(), self.sealed_path(id));
+                    l.insert(L::LOCAL_COMMIT_PATH.into(), self.sealed_path(id).display().to_string());
                     l.remove(L::WRITABLE);
                     w.set_labels(name, l)?;
                 }
@@ -599,8 +569,8 @@ impl Snapshots {
         })
     }
 
-    fn sealed_path(&self, id: u64) -> String {
-        self.layout.fs(id).join("overlaybd.sealed").display().to_string()
+    fn sealed_path(&self, id: u64) -> PathBuf {
+        self.layout.fs(id).join("overlaybd.sealed")
     }
 
     /// Seals a writable layer into `<fs>/overlaybd.sealed`.
@@ -611,7 +581,7 @@ impl Snapshots {
             backstore::lsmt::WritableLayer::open(data, index, true, backstore::lsmt::writable::Recovery::RollBack)
                 .map_err(|e| Error::Device(format!("snapshot {id}: opening its writable layer to seal it: {e}")))?;
         layer.seal().map_err(|e| Error::Device(format!("snapshot {id}: sealing its writable layer: {e}")))?;
-        let sealed = self.layout.fs(id).join("overlaybd.sealed");
+        let sealed = self.sealed_path(id);
         std::fs::rename(data, &sealed).map_err(|e| Error::io(&sealed, "move the sealed layer into place", e))?;
         let _ = std::fs::remove_file(index);
         Ok(())
@@ -757,6 +727,11 @@ impl Snapshots {
     pub fn shutdown(&self) {
         self.devices.detach_all();
     }
+}
+
+/// `isPrepareRootfs`: a container's rootfs, not a layer being unpacked.
+fn is_rootfs(labels: &BTreeMap<String, String>) -> bool {
+    !labels.contains_key(L::TARGET_SNAPSHOT_REF) && labels.get(L::SNAPSHOT_TYPE).map(String::as_str) != Some("image")
 }
 
 fn is_turbo(labels: &BTreeMap<String, String>) -> bool {

@@ -65,6 +65,15 @@ fn stop_and_check_clean(snap: &mut Snapshotter, c: Client) {
     assert_nothing_left(snap);
 }
 
+/// Polls `ok` every 200 ms for up to `secs`, then fails with `what()`.
+fn wait_for(secs: u64, mut ok: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok() {
+        assert!(std::time::Instant::now() < end, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn insecure(reg: &Registry) -> String {
     format!("[[mirrorRegistry]]\nhost = \"{}\"\ninsecure = true\n", reg.host)
 }
@@ -440,11 +449,11 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
         ))
         .spawn()
         .unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_to_string(&done).map_or(0, |s| s.lines().count()) < 3 {
-        assert!(std::time::Instant::now() < end, "the writer made no progress");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for(
+        30,
+        || std::fs::read_to_string(&done).map_or(0, |s| s.lines().count()) >= 3,
+        || "the writer made no progress".into(),
+    );
     drop(c);
     snap.stop(nix::sys::signal::Signal::SIGKILL);
     // the writer ends with an error in bounded time: no hang on the dead device
@@ -464,11 +473,11 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
     run(Command::new("umount").arg("-l").arg(&target));
     // the restart removes the dead device's remains and attaches it anew with the durable data
     snap.restart();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while mounts_under(&snap.root).is_empty() {
-        assert!(std::time::Instant::now() < end, "the device was not attached again at start: {}", snap.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for(
+        30,
+        || !mounts_under(&snap.root).is_empty(),
+        || format!("the device was not attached again at start: {}", snap.log_text()),
+    );
     let mut c = Client::connect(&snap.socket);
     let m2 = c.mounts_of("w").unwrap();
     grpc::mount(&m2, &target);
@@ -566,80 +575,107 @@ fn a_full_disk_gives_a_clear_error_and_the_snapshotter_stays_usable() {
     stop_and_check_clean(&mut snap, c);
 }
 
+/// A container of an overlaybd busybox image (made with the backstore's tools, pulled lazily
+/// through CRI) that reads its image with direct I/O, so every read reaches the device, and
+/// logs `ok` or `err` for each read into its rootfs.
+struct IoContainer {
+    _reg: Registry,
+    snap: Snapshotter,
+    ctrd: Containerd,
+    img: String,
+    id: &'static str,
+}
+
+impl IoContainer {
+    fn start(dir: &Path, id: &'static str, min_ok: usize) -> IoContainer {
+        let reg = Registry::start();
+        let (layout, _) = busybox_overlaybd_image(&dir.join("bbobd"), "obd");
+        let img = reg.push(&layout.dir, "obd", "test/bbobd");
+        let snap = Snapshotter::start(dir, &insecure(&reg));
+        let ctrd = Containerd::start_with_cri(dir, &snap.socket, &reg.host);
+        cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
+        let script = "i=0; while true; do if dd if=/etc/big of=/dev/null bs=4k count=1 skip=$((i % 700)) iflag=direct \
+                      2>/dev/null; then echo ok >> /tmp/log; else echo err >> /tmp/log; fi; i=$((i+1)); sleep 0.02; done";
+        ctrd.ctr(&["run", "-d", "--snapshotter", "overlaybd", &img, id, "sh", "-c", script]);
+        let c = IoContainer { _reg: reg, snap, ctrd, img, id };
+        wait_for(30, || c.count("ok") >= min_ok, || format!("the container made no progress: {}", c.snap.log_text()));
+        c
+    }
+
+    /// How many reads logged `what`.
+    fn count(&self, what: &str) -> usize {
+        let o = self.ctrd.ctr_output(&["task", "exec", "--exec-id", "l", self.id, "cat", "/tmp/log"]);
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == what).count()
+    }
+
+    /// The container's reads fail, promptly, instead of hanging.
+    fn wait_for_failing_reads(&self) {
+        wait_for(60, || self.count("err") >= 3, || "reads on the gone device neither fail nor go on".into());
+    }
+
+    /// Restarts the snapshotter, removes the container and every image, and checks that no
+    /// directory, loop device or mount of them stays.
+    fn restart_and_remove_all(&mut self) {
+        self.snap.restart();
+        // containerd's gRPC channel redials with a backoff: wait until it reaches the new process
+        let ctrd = &self.ctrd;
+        wait_for(
+            60,
+            || ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "usage"]).status.success(),
+            || "containerd does not reach the restarted snapshotter".into(),
+        );
+        ctrd.ctr(&["task", "kill", "-s", "KILL", self.id]);
+        wait_for(30, || ctrd.ctr_output(&["task", "rm", self.id]).status.success(), || "the task does not go".into());
+        ctrd.ctr(&["container", "rm", self.id]);
+        remove_all_images(ctrd);
+        let snap = &self.snap;
+        wait_for(
+            30,
+            || {
+                snapshot_dirs(snap).is_empty()
+                    && loop_devices_of(&snap.run_dir).is_empty()
+                    && mounts_under(&snap.root).is_empty()
+            },
+            || {
+                format!(
+                    "left after removal: dirs {:?}, loops {:?}, mounts {:?}\n{}",
+                    snapshot_dirs(snap),
+                    loop_devices_of(&snap.run_dir),
+                    mounts_under(&snap.root),
+                    snap.log_text()
+                        .lines()
+                        .filter(|l| l.contains("Remove") || l.contains("WARN"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            },
+        );
+    }
+
+    /// Stops containerd and the snapshotter and checks the kernel holds nothing of them.
+    fn finish(self) {
+        let IoContainer { _reg, mut snap, ctrd, .. } = self;
+        drop(ctrd);
+        snap.stop(nix::sys::signal::Signal::SIGTERM);
+        assert_nothing_left(&snap);
+    }
+}
+
 #[test]
 fn sigkill_under_a_running_container_ends_its_io_with_errors_and_leaves_nothing_after_removal() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let (layout, _) = busybox_overlaybd_image(&t.path().join("bbobd"), "obd");
-    let img = reg.push(&layout.dir, "obd", "test/bbobd");
-    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
-    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
-    cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
-    // a container reading its image (direct I/O, so every read reaches the device) and
-    // writing to its rootfs
-    let script =
-        "i=0; while true; do if dd if=/etc/big of=/dev/null bs=4k count=1 skip=$((i % 700)) iflag=direct 2>/dev/null; \
-                  then echo ok >> /tmp/log; else echo err >> /tmp/log; fi; i=$((i+1)); sleep 0.02; done";
-    ctrd.ctr(&["run", "-d", "--snapshotter", "overlaybd", &img, "io1", "sh", "-c", script]);
-    let log_of = || ctrd.ctr_output(&["task", "exec", "--exec-id", "l", "io1", "cat", "/tmp/log"]);
-    let count = |what: &str| String::from_utf8_lossy(&log_of().stdout).lines().filter(|l| *l == what).count();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count("ok") < 10 {
-        assert!(std::time::Instant::now() < end, "the container made no progress: {}", snap.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    snap.stop(nix::sys::signal::Signal::SIGKILL);
-    // the container's reads now fail, promptly, instead of hanging; containerd answers
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while count("err") < 3 {
-        assert!(std::time::Instant::now() < end, "reads on the dead device neither fail nor go on");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    ctrd.ctr(&["task", "ls"]);
-    // restart, then remove the container and the image: nothing of either stays
-    snap.restart();
-    // containerd's gRPC channel redials with a backoff: wait until it reaches the new process
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "usage"]).status.success() {
-        assert!(std::time::Instant::now() < end, "containerd does not reach the restarted snapshotter");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    ctrd.ctr(&["task", "kill", "-s", "KILL", "io1"]);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ctrd.ctr_output(&["task", "rm", "io1"]).status.success() {
-        assert!(std::time::Instant::now() < end, "the task does not go");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    ctrd.ctr(&["container", "rm", "io1"]);
-    remove_all_images(&ctrd);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !snapshot_dirs(&snap).is_empty()
-        || !loop_devices_of(&snap.run_dir).is_empty()
-        || !mounts_under(&snap.root).is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < end,
-            "left after removal: dirs {:?}, loops {:?}, mounts {:?}\n{}",
-            snapshot_dirs(&snap),
-            loop_devices_of(&snap.run_dir),
-            mounts_under(&snap.root),
-            snap.log_text()
-                .lines()
-                .filter(|l| l.contains("Remove") || l.contains("WARN"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let mut c = IoContainer::start(t.path(), "io1", 10);
+    c.snap.stop(nix::sys::signal::Signal::SIGKILL);
+    c.wait_for_failing_reads();
+    c.ctrd.ctr(&["task", "ls"]);
+    c.restart_and_remove_all();
     // and the snapshotter still serves: the image pulls and runs again
-    cri::pull(&ctrd.socket, &img).unwrap();
-    let out = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "io2", "cat", "/etc/keep"]);
+    cri::pull(&c.ctrd.socket, &c.img).unwrap();
+    let out = c.ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &c.img, "io2", "cat", "/etc/keep"]);
     assert!(out.contains("keep"), "{out}");
-    remove_all_images(&ctrd);
-    drop(ctrd);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    remove_all_images(&c.ctrd);
+    c.finish();
 }
 
 #[test]
@@ -688,64 +724,13 @@ fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_
 fn sigterm_with_a_running_container_stops_in_bounded_time_and_its_io_fails_cleanly() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start();
-    let (layout, _) = busybox_overlaybd_image(&t.path().join("bbobd"), "obd");
-    let img = reg.push(&layout.dir, "obd", "test/bbobd");
-    let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
-    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
-    cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
-    let script =
-        "i=0; while true; do if dd if=/etc/big of=/dev/null bs=4k count=1 skip=$((i % 700)) iflag=direct 2>/dev/null; \
-                  then echo ok >> /tmp/log; else echo err >> /tmp/log; fi; i=$((i+1)); sleep 0.02; done";
-    ctrd.ctr(&["run", "-d", "--snapshotter", "overlaybd", &img, "t1", "sh", "-c", script]);
-    let count = |what: &str| {
-        let o = ctrd.ctr_output(&["task", "exec", "--exec-id", "l", "t1", "cat", "/tmp/log"]);
-        String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == what).count()
-    };
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count("ok") < 5 {
-        assert!(std::time::Instant::now() < end, "the container made no progress");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut c = IoContainer::start(t.path(), "t1", 5);
     // a graceful stop (an upgrade, systemctl restart) must not hang on the busy device
     let started = std::time::Instant::now();
-    let status = snap.stop(nix::sys::signal::Signal::SIGTERM).expect("it was running");
+    let status = c.snap.stop(nix::sys::signal::Signal::SIGTERM).expect("it was running");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
-    assert!(status.success(), "{status}: {}", snap.log_text());
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while count("err") < 3 {
-        assert!(std::time::Instant::now() < end, "reads on the detached device neither fail nor go on");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    snap.restart();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "usage"]).status.success() {
-        assert!(std::time::Instant::now() < end, "containerd does not reach the restarted snapshotter");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    ctrd.ctr(&["task", "kill", "-s", "KILL", "t1"]);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ctrd.ctr_output(&["task", "rm", "t1"]).status.success() {
-        assert!(std::time::Instant::now() < end, "the task does not go");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    ctrd.ctr(&["container", "rm", "t1"]);
-    remove_all_images(&ctrd);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !snapshot_dirs(&snap).is_empty()
-        || !loop_devices_of(&snap.run_dir).is_empty()
-        || !mounts_under(&snap.root).is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < end,
-            "left: {:?} {:?} {:?}",
-            snapshot_dirs(&snap),
-            loop_devices_of(&snap.run_dir),
-            mounts_under(&snap.root)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    drop(ctrd);
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    assert!(status.success(), "{status}: {}", c.snap.log_text());
+    c.wait_for_failing_reads();
+    c.restart_and_remove_all();
+    c.finish();
 }
