@@ -392,8 +392,13 @@ impl Snapshots {
                     Some(p) if wt == RwMode::Overlayfs => (p.id, self.fs_type(p, None)),
                     _ => (id, self.fs_type(rec, parent)),
                 };
-                *attached = Some(owner);
+                // a failed Prepare detaches only what it attached itself: an image device may
+                // already serve other containers
+                let newly = !self.devices.is_attached(owner);
                 self.devices.attach_and_mount(owner, wt, &fs, parent.is_none())?;
+                if newly {
+                    *attached = Some(owner);
+                }
             } else if labels.contains_key(L::WRITABLE) {
                 let mut l = labels.clone();
                 l.remove(L::WRITABLE);
