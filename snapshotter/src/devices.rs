@@ -82,7 +82,9 @@ impl Devices {
 
     /// Whether snapshot `id` has a device attached by this process.
     pub fn is_attached(&self, id: u64) -> bool {
-        lock(&self.slots).get(&id).is_some_and(|s| lock(s).is_some())
+        // the map's lock is not held while waiting for the slot, which a slow attach may hold
+        let slot = lock(&self.slots).get(&id).cloned();
+        slot.is_some_and(|s| lock(&s).is_some())
     }
 
     /// The ids with a device attached.

@@ -35,12 +35,14 @@ impl Service {
         let r = tokio::task::spawn_blocking(move || f(&s))
             .await
             .unwrap_or_else(|e| Err(Error::Device(format!("{call} of {what} panicked: {e}"))));
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        crate::metrics::observe(call, start.elapsed(), r.is_err());
+        let took = start.elapsed();
+        let ms = took.as_secs_f64() * 1000.0;
+        crate::metrics::observe(call, took, r.is_err());
         match &r {
             Ok(_) => tracing::debug!(call, key = %what, ms, "ok"),
-            Err(Error::AlreadyExists(_)) | Err(Error::NotFound(_)) => {
-                tracing::debug!(call, key = %what, ms, error = %r.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), "answered")
+            // the remote-layer handshake and existence checks: answers, not failures
+            Err(e @ (Error::AlreadyExists(_) | Error::NotFound(_))) => {
+                tracing::debug!(call, key = %what, ms, error = %e, "answered")
             }
             Err(e) => tracing::warn!(call, key = %what, ms, error = %e, "failed"),
         }
@@ -49,6 +51,7 @@ impl Service {
 }
 
 fn to_info(i: SnapshotInfo) -> Info {
+    let (created_at, updated_at) = (i.record.created(), i.record.updated());
     Info {
         kind: match i.record.kind {
             Kind::View => ApiKind::View,
@@ -56,10 +59,10 @@ fn to_info(i: SnapshotInfo) -> Info {
             Kind::Committed => ApiKind::Committed,
         },
         name: i.name,
-        parent: i.record.parent.clone(),
-        labels: i.record.labels.clone().into_iter().collect(),
-        created_at: i.record.created(),
-        updated_at: i.record.updated(),
+        parent: i.record.parent,
+        labels: i.record.labels.into_iter().collect(),
+        created_at,
+        updated_at,
     }
 }
 
