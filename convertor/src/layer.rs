@@ -3,7 +3,6 @@
 //! the OCI tar applied in user space (checked against its diff ID), then committed to a
 //! tar-wrapped ZFile whose UUIDs come from the chain IDs, so the same input gives the same bytes.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use backstore::tools::{apply, commit, create};
@@ -47,16 +46,7 @@ pub fn file_digest(p: &Path) -> Result<(String, u64)> {
     let io = |source| Error::Io { path: p.display().to_string(), source };
     let mut f = std::fs::File::open(p).map_err(io)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(io)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
+    let n = std::io::copy(&mut f, &mut h).map_err(io)?;
     Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
 }
 

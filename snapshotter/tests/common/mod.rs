@@ -296,76 +296,27 @@ pub fn busybox_image(dir: &Path) -> (OciLayout, String) {
 /// An overlaybd image of the same content as [`busybox_image`]'s first layer plus a shell, made
 /// with the backstore's tools as the convertor does (mkfs, apply, commit -z -t), as `tag`.
 pub fn busybox_overlaybd_image(dir: &Path, tag: &str) -> (OciLayout, String) {
-    use clap::Parser;
     let o = OciLayout::new(&dir.join("oci"));
     let (plain, big_sha) = busybox_image(&dir.join("plain"));
-    // the first layer's tar, uncompressed
-    let idx: serde_json_lite::Index = serde_json_lite::read_index(&plain.dir);
-    let tgz = std::fs::read(plain.dir.join("blobs/sha256").join(&idx.first_layer_hex)).unwrap();
-    let mut tar = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(tgz.as_slice()), &mut tar).unwrap();
-    let w = dir.join("work");
-    std::fs::create_dir_all(&w).unwrap();
-    std::fs::write(w.join("layer.tar"), &tar).unwrap();
-    let p = |n: &str| w.join(n).display().to_string();
-    backstore::tools::create::run(&backstore::tools::create::Args::parse_from([
-        "overlaybd-create",
-        "-s",
-        &p("data"),
-        &p("index"),
-        "8",
-        "--mkfs",
-    ]))
-    .unwrap();
-    std::fs::write(w.join("rw.json"), format!(r#"{{"upper":{{"data":"{}","index":"{}"}}}}"#, p("data"), p("index")))
-        .unwrap();
-    backstore::tools::apply::run(&backstore::tools::apply::Args::parse_from([
-        "overlaybd-apply",
-        &p("layer.tar"),
-        &p("rw.json"),
-    ]))
-    .unwrap();
-    backstore::tools::commit::run(&backstore::tools::commit::Args::parse_from([
-        "overlaybd-commit",
-        "-z",
-        "-t",
-        &p("data"),
-        &p("index"),
-        &p("layer.obd"),
-    ]))
-    .unwrap();
-    let blob = std::fs::read(w.join("layer.obd")).unwrap();
-    let d = o.blob(&blob);
-    let desc = format!(
-        r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{0},"annotations":{{"containerd.io/snapshot/overlaybd/blob-digest":"{d}","containerd.io/snapshot/overlaybd/blob-size":"{0}","containerd.io/snapshot/overlaybd/version":"0.1.0"}}}}"#,
-        blob.len()
-    );
-    o.finish(&[(desc, d)], tag, &["/bin/sh"]);
+    // the plain image's first layer and its diff ID
+    let json = |hex: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(plain.dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let hex_of = |v: &serde_json::Value| v.as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(plain.dir.join("index.json")).unwrap()).unwrap();
+    let manifest = json(&hex_of(&index["manifests"][0]["digest"]));
+    let config = json(&hex_of(&manifest["config"]["digest"]));
+    let blob = plain.dir.join("blobs/sha256").join(hex_of(&manifest["layers"][0]["digest"]));
+    let diff_id = config["rootfs"]["diff_ids"][0].as_str().unwrap().to_string();
+    let opts = convertor::layer::Options { vsize_gb: 8, ..Default::default() };
+    let built =
+        convertor::layer::build(&dir.join("work"), 0, &blob, &diff_id, std::slice::from_ref(&diff_id), &[], &opts)
+            .unwrap();
+    o.blob(&std::fs::read(&built.file).unwrap());
+    let desc = convertor::image::layer_descriptor(&built, convertor::image::MediaTypes { oci: true }).to_string();
+    o.finish(&[(desc, built.digest.clone())], tag, &["/bin/sh"]);
     (o, big_sha)
-}
-
-/// Just enough JSON reading for the layouts written here.
-mod serde_json_lite {
-    use std::path::Path;
-    /// The first layer of the layout's only manifest.
-    pub struct Index {
-        /// Its digest's hex.
-        pub first_layer_hex: String,
-    }
-    fn after<'a>(s: &'a str, key: &str) -> &'a str {
-        let i = s.find(key).unwrap_or_else(|| panic!("{key} not in {s}"));
-        &s[i + key.len()..]
-    }
-    fn digest(s: &str) -> String {
-        let s = after(s, "\"digest\":\"sha256:");
-        s[..64].to_string()
-    }
-    /// Reads `index.json` and the manifest it names.
-    pub fn read_index(dir: &Path) -> Index {
-        let index = std::fs::read_to_string(dir.join("index.json")).unwrap();
-        let m = std::fs::read_to_string(dir.join("blobs/sha256").join(digest(&index))).unwrap();
-        Index { first_layer_hex: digest(after(&m, "\"layers\"")) }
-    }
 }
 
 /// The reference overlaybd hello-world image (manifest, config and layer as the reference
