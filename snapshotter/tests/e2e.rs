@@ -86,7 +86,7 @@ fn a_plain_oci_image_runs_through_containerd() {
     let (layout, big_sha) = busybox_image(&t.path().join("bb"));
     let img = reg.push(&layout.dir, "latest", "test/bb");
     let snap = Snapshotter::start(t.path(), "");
-    let ctrd = Containerd::start(t.path(), &snap.socket, "obdplain");
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdplain");
     ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &img]);
     let out = ctrd.ctr(&[
         "run",
@@ -143,7 +143,10 @@ fn a_plain_oci_image_runs_through_containerd() {
     assert!(!e.status.success(), "a snapshot with a child was removed");
     sn(&["rm", "view1"]);
     sn(&["rm", "done1"]);
-    ctrd.ctr(&["image", "rm", &img]);
+    // containerd's collector removes the image's layers from the snapshotter
+    ctrd.ctr(&["image", "rm", "--sync", &img]);
+    let ls = sn(&["ls"]);
+    assert_eq!(ls.lines().count(), 1, "snapshots left after the image was removed: {ls}");
     drop(ctrd);
     drop(snap);
 }

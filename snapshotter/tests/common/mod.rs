@@ -450,16 +450,31 @@ pub struct Containerd {
 impl Containerd {
     /// Starts one in `dir` for the snapshotter at `snap_socket`.
     pub fn start(dir: &Path, snap_socket: &Path, namespace: &str) -> Containerd {
-        Containerd::launch(dir, snap_socket, namespace, None)
+        Containerd::launch(dir, snap_socket, namespace, None, "")
+    }
+
+    /// Starts one whose garbage collector runs only when a client asks for it (`image rm
+    /// --sync`). `ctr snapshots prepare/commit/view` take no lease, so under the default
+    /// scheduler a collection set off by an earlier deletion may remove what they create
+    /// between two commands.
+    pub fn start_with_gc_on_request(dir: &Path, snap_socket: &Path, namespace: &str) -> Containerd {
+        Containerd::launch(
+            dir,
+            snap_socket,
+            namespace,
+            None,
+            "[plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1000000\n  \
+             mutation_threshold = 1000000\n  startup_delay = \"0s\"\n",
+        )
     }
 
     /// Starts one with its CRI plugin on, pulling through overlaybd with the snapshot
     /// annotations on (as a Kubernetes node would), and `plain_http` reached over HTTP.
     pub fn start_with_cri(dir: &Path, snap_socket: &Path, plain_http: &str) -> Containerd {
-        Containerd::launch(dir, snap_socket, "k8s.io", Some(plain_http))
+        Containerd::launch(dir, snap_socket, "k8s.io", Some(plain_http), "")
     }
 
-    fn launch(dir: &Path, snap_socket: &Path, namespace: &str, cri: Option<&str>) -> Containerd {
+    fn launch(dir: &Path, snap_socket: &Path, namespace: &str, cri: Option<&str>, extra_toml: &str) -> Containerd {
         let d = dir.join("containerd");
         std::fs::create_dir_all(&d).unwrap();
         let socket = d.join("containerd.sock");
@@ -469,7 +484,7 @@ impl Containerd {
             format!(
                 "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n{3}\n\
                  [grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n\
-                 [proxy_plugins.overlaybd]\n  type = \"snapshot\"\n  address = \"{2}\"\n",
+                 [proxy_plugins.overlaybd]\n  type = \"snapshot\"\n  address = \"{2}\"\n{4}",
                 d.display(),
                 socket.display(),
                 snap_socket.display(),
@@ -480,7 +495,8 @@ impl Containerd {
                          snapshotter = \"overlaybd\"\n    disable_snapshot_annotations = false\n  \
                          [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n    endpoint = [\"http://{host}\"]\n"
                     ),
-                }
+                },
+                extra_toml
             ),
         )
         .unwrap();
