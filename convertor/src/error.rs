@@ -16,6 +16,15 @@ pub enum Error {
     /// A config or manifest is not what an image needs.
     #[error("{0}")]
     Image(String),
+    /// The registry refused or failed a request.
+    #[error("registry: {0}")]
+    Registry(String),
+    /// The deduplication store failed.
+    #[error("dedup store {0}")]
+    Store(String),
+    /// A setting the convertor does not support.
+    #[error("{0}")]
+    Unsupported(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -48,6 +48,12 @@ impl MediaTypes {
     }
 }
 
+/// `sha256:` digest of bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 fn parse(what: &str, bytes: &[u8]) -> Result<Value> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::Image(format!("{what} is not JSON: {e}")))?;
     if !v.is_object() {
@@ -100,7 +106,6 @@ pub fn layer_descriptor(l: &Built, mt: MediaTypes) -> Value {
 /// The converted manifest: the source's with the new config descriptor, the built layers and
 /// the media type of `mt`.
 pub fn manifest(src: &[u8], config: &[u8], layers: &[Built], mt: MediaTypes) -> Result<Vec<u8>> {
-    use sha2::{Digest, Sha256};
     let mut v = parse("the manifest", src)?;
     if v.get("layers").and_then(Value::as_array).map(Vec::len) != Some(layers.len()) {
         return Err(Error::Image(format!("the manifest does not list {} layers", layers.len())));
@@ -109,7 +114,7 @@ pub fn manifest(src: &[u8], config: &[u8], layers: &[Built], mt: MediaTypes) -> 
     v["mediaType"] = json!(mt.manifest());
     v["config"] = json!({
         "mediaType": mt.config(),
-        "digest": format!("sha256:{}", hex::encode(Sha256::digest(config))),
+        "digest": digest_of(config),
         "size": config.len(),
     });
     v["layers"] = Value::Array(layers.iter().map(|l| layer_descriptor(l, mt)).collect());

@@ -7,11 +7,19 @@
 //! * [`image`]: the converted image config (diff IDs) and manifest (layer descriptors with the
 //!   overlaybd annotations, OCI or Docker media types).
 //!
-//! The registry side (`overlaybd-convertor`) and `ctr-obd obdconv` build on these.
+//! * [`registry`]: manifests and blobs from and to a registry (digest- and size-checked);
+//! * [`store`]: the deduplication store (which blob a layer stack was converted to);
+//! * [`convert`]: registry-to-registry conversion of indexes and manifests, the pipeline of
+//!   `overlaybd-convertor`.
+//!
+//! `ctr-obd obdconv` builds on [`layer`] and [`image`].
 
 pub mod chain;
+pub mod convert;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod registry;
+pub mod store;
 
 pub use error::{Error, Result};

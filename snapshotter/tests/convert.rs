@@ -1,0 +1,303 @@
+//! Image conversion with real parts: `overlaybd-convertor` registry to registry against Debian's
+//! `docker-registry` (reproducible digests, layers the independent reader `obd_inspect.py`
+//! finds valid, indexes, dedup, bad input), and the round trip through `ctr-obd rpull`,
+//! containerd, runc and this snapshotter. These tests live here because they share the
+//! snapshotter's end-to-end fixtures (`common/`).
+
+#[allow(unused_imports)]
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+/// A binary of this workspace's build (`cargo test --workspace` builds them all).
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(p.exists(), "{} is missing: build the workspace (cargo build --workspace)", p.display());
+    p
+}
+
+fn convertor(args: &[&str]) -> Output {
+    output(Command::new(workspace_bin("overlaybd-convertor")).args(args))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `skopeo inspect --raw` of `reference`: its bytes, or None when the registry does not have it.
+fn raw_bytes(reference: &str) -> Option<Vec<u8>> {
+    let o = output(
+        Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{reference}")),
+    );
+    o.status.success().then_some(o.stdout)
+}
+
+/// The same, parsed.
+fn raw(reference: &str) -> Option<Value> {
+    raw_bytes(reference).map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// A blob of `repo` on the registry, saved into `dir`.
+fn fetch_blob(reg: &Registry, repo: &str, digest: &str, dir: &Path) -> PathBuf {
+    let p = dir.join(digest.trim_start_matches("sha256:"));
+    run(Command::new("curl")
+        .args(["-sSfL", "-o"])
+        .arg(&p)
+        .arg(format!("http://{}/v2/{repo}/blobs/{digest}", reg.host)));
+    p
+}
+
+fn inspect_ok(blob: &Path) {
+    let o = output(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../backstore/tests/data/obd_inspect.py"))
+            .arg("info")
+            .arg(blob),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "obd_inspect info {}: {t}", blob.display());
+    assert!(t.contains("block CRC failures: 0") && t.contains("crc_ok=True") && t.contains("digest_ok=True"), "{t}");
+}
+
+/// Checks a converted manifest: overlaybd layers whose digests are the config's diff IDs, each
+/// valid for the independent reader.
+fn check_converted(reg: &Registry, repo: &str, m: &Value, oci: bool, dir: &Path) {
+    let layer_type =
+        if oci { "application/vnd.oci.image.layer.v1.tar" } else { "application/vnd.docker.image.rootfs.diff.tar" };
+    let cfg_digest = m["config"]["digest"].as_str().unwrap();
+    let cfg: Value = serde_json::from_slice(&std::fs::read(fetch_blob(reg, repo, cfg_digest, dir)).unwrap()).unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["mediaType"], layer_type, "{m}");
+        assert_eq!(l["annotations"]["containerd.io/snapshot/overlaybd/blob-digest"], l["digest"]);
+        assert_eq!(l["annotations"]["containerd.io/snapshot/overlaybd/blob-size"], l["size"].to_string());
+        assert_eq!(l["annotations"]["containerd.io/snapshot/overlaybd/version"], "0.1.0");
+        assert_eq!(cfg["rootfs"]["diff_ids"][i], l["digest"]);
+        inspect_ok(&fetch_blob(reg, repo, l["digest"].as_str().unwrap(), dir));
+    }
+}
+
+fn digest_line(o: &Output) -> String {
+    assert!(o.status.success(), "overlaybd-convertor failed: {}", text(o));
+    String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap().to_string()
+}
+
+#[test]
+fn the_convertor_converts_registry_to_registry_reproducibly_with_indexes_and_dedup() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let (layout, _) = busybox_image(&t.path().join("bb"));
+    reg.push(&layout.dir, "latest", "test/bb");
+    let repo = format!("{}/test/bb", reg.host);
+    let work = t.path().join("work");
+    let w = work.to_str().unwrap();
+    let conv = |extra: &[&str]| {
+        let mut a = vec!["-r", &repo, "-i", "latest", "--plain", "-d", w];
+        a.extend_from_slice(extra);
+        convertor(&a)
+    };
+    // Docker media types by default, then OCI ones with --referrer
+    let d1 = digest_line(&conv(&["-o", "obd", "--db-type", "none"]));
+    let m = raw(&format!("{repo}:obd")).expect("the converted image is in the registry");
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(format!("sha256:{}", sha256(&raw_bytes(&format!("{repo}:obd")).unwrap())), d1);
+    check_converted(&reg, "test/bb", &m, false, t.path());
+    assert!(!work.read_dir().unwrap().any(|e| e.unwrap().path().is_dir()), "the work dir was not cleaned");
+    // converting again, without the store, gives the same digests
+    assert_eq!(digest_line(&conv(&["-o", "obd2", "--db-type", "none"])), d1);
+    // with the store: the second conversion reuses the first's manifest (nothing built)
+    let db = t.path().join("dedup.redb");
+    let db = db.to_str().unwrap();
+    assert_eq!(digest_line(&conv(&["-o", "obd3", "--db-str", db])), d1);
+    let again = conv(&["-o", "obd4", "--db-str", db, "--verbose"]);
+    eprintln!("{}", text(&again));
+    assert_eq!(digest_line(&again), d1);
+    assert!(text(&again).contains("manifest converted before") && !text(&again).contains("built"), "{}", text(&again));
+    assert_eq!(raw(&format!("{repo}:obd4")).unwrap(), m);
+    // --referrer: OCI types, subject = the source manifest
+    let src = raw_bytes(&format!("{repo}:latest")).unwrap();
+    let dr = digest_line(&conv(&["-o", "ref", "--referrer", "--db-type", "none"]));
+    assert_ne!(dr, d1);
+    let r = raw(&format!("{repo}:ref")).unwrap();
+    assert_eq!(r["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(r["artifactType"], "application/vnd.containerd.overlaybd.native.v1+json");
+    assert_eq!(r["subject"]["digest"], format!("sha256:{}", sha256(&src)));
+    check_converted(&reg, "test/bb", &r, true, t.path());
+
+    // a multi-platform index with an attestation manifest: every platform converted, the
+    // attestation dropped, platforms kept
+    let idx_layout = multi_platform(&t.path().join("multi"));
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--all", "--dest-tls-verify=false", "--preserve-digests"])
+        .arg(format!("oci:{}:multi", idx_layout.display()))
+        .arg(format!("docker://{}/test/multi:latest", reg.host)));
+    let mrepo = format!("{}/test/multi", reg.host);
+    let o = convertor(&["-r", &mrepo, "-i", "latest", "-o", "obd", "--plain", "-d", w, "--oci", "--db-str", db]);
+    digest_line(&o);
+    let idx = raw(&format!("{mrepo}:obd")).unwrap();
+    assert_eq!(idx["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let entries = idx["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{idx}");
+    assert_eq!(entries[0]["platform"]["architecture"], "amd64");
+    assert_eq!(entries[1]["platform"]["architecture"], "arm64");
+    for e in entries {
+        assert_eq!(e["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        let m = raw(&format!("{mrepo}@{}", e["digest"].as_str().unwrap())).unwrap();
+        check_converted(&reg, "test/multi", &m, true, t.path());
+    }
+    // both platforms share their layers: the second build reused the first's blobs
+    assert_eq!(text(&o).matches(" built ").count(), 2, "{}", text(&o));
+    // another repository with the same layers mounts the blobs converted for the first one
+    reg.push(&layout.dir, "latest", "test/other");
+    let orepo = format!("{}/test/other", reg.host);
+    let o = convertor(&["-r", &orepo, "-i", "latest", "-o", "obd", "--plain", "-d", w, "--db-str", db]);
+    assert_eq!(digest_line(&o), d1);
+    assert_eq!(text(&o).matches("layer mounted from another repository").count(), 2, "{}", text(&o));
+    assert!(!text(&o).contains(" built "), "{}", text(&o));
+    check_converted(&reg, "test/other", &raw(&format!("{orepo}:obd")).unwrap(), false, t.path());
+}
+
+/// An OCI layout tagged `multi` whose index lists an amd64 and an arm64 image (same busybox
+/// layer, different configs) and a BuildKit attestation manifest.
+fn multi_platform(dir: &Path) -> PathBuf {
+    let (o, _) = busybox_image(dir);
+    let index: Value = serde_json::from_slice(&std::fs::read(o.dir.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let m: Value = serde_json::from_slice(&std::fs::read(o.dir.join("blobs/sha256").join(&md)).unwrap()).unwrap();
+    let cd = m["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let cfg: Value = serde_json::from_slice(&std::fs::read(o.dir.join("blobs/sha256").join(&cd)).unwrap()).unwrap();
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let mut c = cfg.clone();
+        c["architecture"] = arch.into();
+        let cb = serde_json::to_vec(&c).unwrap();
+        let mut mm = m.clone();
+        mm["config"]["digest"] = o.blob(&cb).into();
+        mm["config"]["size"] = cb.len().into();
+        let mb = serde_json::to_vec(&mm).unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": o.blob(&mb), "size": mb.len(),
+            "platform": {"os": "linux", "architecture": arch}
+        }));
+    }
+    let att_cfg = o.blob(b"{}");
+    let statement = br#"{"_type":"https://in-toto.io/Statement/v0.1"}"#;
+    let att_layer = o.blob(statement);
+    let att = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": att_cfg, "size": 2},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": att_layer, "size": statement.len()}]
+    }))
+    .unwrap();
+    entries.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": o.blob(&att), "size": att.len(),
+        "platform": {"os": "unknown", "architecture": "unknown"},
+        "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": entries[0]["digest"].clone()}
+    }));
+    let idx = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries
+    }))
+    .unwrap();
+    let id = o.blob(&idx);
+    std::fs::write(
+        o.dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": idx.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    o.dir.clone()
+}
+
+/// Replaces the first layer of the layout's image with `blob` (declared with `media_type` and
+/// `diff_id`), as `tag`.
+fn with_layer(dir: &Path, tag: &str, blob: &[u8], media_type: &str, diff_id: Option<&str>) -> PathBuf {
+    let (o, _) = busybox_image(dir);
+    let index: Value = serde_json::from_slice(&std::fs::read(o.dir.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let mut m: Value = serde_json::from_slice(&std::fs::read(o.dir.join("blobs/sha256").join(&md)).unwrap()).unwrap();
+    let cd = m["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(o.dir.join("blobs/sha256").join(&cd)).unwrap()).unwrap();
+    m["layers"][0] = serde_json::json!({"mediaType": media_type, "digest": o.blob(blob), "size": blob.len()});
+    if let Some(d) = diff_id {
+        cfg["rootfs"]["diff_ids"][0] = d.into();
+    }
+    let cb = serde_json::to_vec(&cfg).unwrap();
+    m["config"]["digest"] = o.blob(&cb).into();
+    m["config"]["size"] = cb.len().into();
+    o.index(&serde_json::to_string(&m).unwrap(), tag);
+    o.dir.clone()
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_pushes_no_image() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let work = t.path().join("work");
+    let w = work.to_str().unwrap();
+    let (layout, _) = busybox_image(&t.path().join("bb"));
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.dir.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let m: Value = serde_json::from_slice(&std::fs::read(layout.dir.join("blobs/sha256").join(&md)).unwrap()).unwrap();
+    let good = std::fs::read(
+        layout.dir.join("blobs/sha256").join(m["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 2;
+    for b in &mut corrupt[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    let truncated = good[..good.len() / 3].to_vec();
+    let wrong_diff = format!("sha256:{}", "0".repeat(64));
+    let gz_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        ("corrupt", with_layer(&t.path().join("c"), "corrupt", &corrupt, gz_type, None), "layer 0"),
+        ("truncated", with_layer(&t.path().join("t"), "truncated", &truncated, gz_type, None), "layer 0"),
+        ("wrongdiff", with_layer(&t.path().join("d"), "wrongdiff", &good, gz_type, Some(&wrong_diff)), "layer 0"),
+        (
+            "mediatype",
+            with_layer(&t.path().join("m"), "mediatype", &good, "application/vnd.example.layer", None),
+            "unsupported media type",
+        ),
+    ];
+    for (tag, dir, want) in &cases {
+        reg.push(dir, tag, "test/bad");
+        let repo = format!("{}/test/bad", reg.host);
+        let o =
+            convertor(&["-r", &repo, "-i", tag, "-o", &format!("{tag}-obd"), "--plain", "-d", w, "--db-type", "none"]);
+        let msg = text(&o);
+        eprintln!("{tag}: {msg}");
+        assert_eq!(o.status.code(), Some(1), "{tag}: {msg}");
+        assert!(msg.contains(want), "{tag}: the error does not say {want:?}: {msg}");
+        assert!(msg.lines().count() < 6, "{tag}: not one clear error: {msg}");
+        assert!(raw(&format!("{repo}:{tag}-obd")).is_none(), "{tag}: an image was pushed");
+        assert!(!work.read_dir().unwrap().any(|e| e.unwrap().path().is_dir()), "{tag}: the work dir was not cleaned");
+    }
+    // a missing tag, an unreachable registry, a source that is already overlaybd
+    let repo = format!("{}/test/bad", reg.host);
+    let o = convertor(&["-r", &repo, "-i", "nosuchtag", "-o", "x", "--plain", "-d", w, "--db-type", "none"]);
+    assert!(text(&o).contains("nosuchtag") && o.status.code() == Some(1), "{}", text(&o));
+    let dead = format!("127.0.0.1:{}/test/bb", free_port());
+    let o = convertor(&["-r", &dead, "-i", "latest", "-o", "x", "--plain", "-d", w, "--db-type", "none"]);
+    assert!(text(&o).contains("registry") && o.status.code() == Some(1), "{}", text(&o));
+    let (obd, _) = busybox_overlaybd_image(&t.path().join("obd"), "obd");
+    reg.push(&obd.dir, "obd", "test/bad");
+    let o = convertor(&["-r", &repo, "-i", "obd", "-o", "obd2", "--plain", "-d", w, "--db-type", "none"]);
+    assert!(text(&o).contains("already an overlaybd layer") && o.status.code() == Some(1), "{}", text(&o));
+    // an unsupported flag is refused before anything happens
+    let o = convertor(&["-r", &repo, "-i", "latest", "--turboOCI", "x", "--plain"]);
+    assert!(text(&o).contains("TurboOCI") && o.status.code() == Some(1), "{}", text(&o));
+    let _ = std::io::stdout().flush();
+}
