@@ -1,0 +1,288 @@
+//! End-to-end tests of `ctr-obd` with real parts started here: Debian's containerd, runc and
+//! docker-registry, skopeo, and this build's overlaybd snapshotter on the fuse-loop frontend.
+//! Run as root.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const BLOB_DIGEST: &str = "containerd.io/snapshot/overlaybd/blob-digest";
+const BLOB_SIZE: &str = "containerd.io/snapshot/overlaybd/blob-size";
+const FS_TYPE: &str = "containerd.io/snapshot/overlaybd/blob-fs-type";
+const VERSION: &str = "containerd.io/snapshot/overlaybd/version";
+
+/// What the test image's files look like from inside a container.
+const LOOK: &str = "cat /etc/keep; cat /etc/new 2>/dev/null; [ ! -e /etc/gone ] && echo nogone; \
+                    readlink /etc/link; sha256sum /etc/big; ls /etc; echo w > /tmp/x && cat /tmp/x";
+
+/// The layer digests of the only manifest of an OCI layout.
+fn layout_layers(dir: &Path) -> Vec<String> {
+    let read = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let index = read(&dir.join("index.json"));
+    let m = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest = read(&dir.join("blobs/sha256").join(m));
+    manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+/// The digests in containerd's content store.
+fn content_digests(c: &Containerd) -> Vec<String> {
+    c.ctr(&["content", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|d| d.starts_with("sha256:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The image names in the namespace.
+fn image_names(c: &Containerd) -> Vec<String> {
+    c.ctr(&["image", "ls"]).lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}
+
+/// The leases in the namespace.
+fn leases(c: &Containerd) -> Vec<String> {
+    c.ctr(&["leases", "ls"]).lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+/// Blob GETs of `digest` in the registry's log after `from` bytes of it.
+fn blob_gets(reg: &Registry, from: usize, digest: &str) -> Vec<String> {
+    let log = reg.log_text();
+    log[from.min(log.len())..]
+        .lines()
+        .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/blobs/{digest}")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A JSON blob of the content store.
+fn content_json(c: &Containerd, digest: &str) -> serde_json::Value {
+    let o = c.ctr_output(&["content", "get", digest]);
+    assert!(o.status.success(), "ctr content get {digest}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{digest} is not JSON: {e}"))
+}
+
+/// Names of leftover conversion work directories under `tmp`.
+fn work_dirs(tmp: &Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<String>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("ctr-obd-conv-"))
+        .collect()
+}
+
+#[test]
+fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let reg = Registry::start();
+    let (layout, big_sha) = busybox_overlaybd_image(&t.path().join("img"), "obd");
+    let img = reg.push(&layout.dir, "obd", "test/bbobd");
+    let layers = layout_layers(&layout.dir);
+    assert_eq!(layers.len(), 1);
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdrpull");
+    let before = reg.log_text().len();
+    let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", "--label", "team=storage", &img]);
+    assert_eq!(out.lines().last(), Some("done"), "{out}");
+    assert!(out.contains("committed by the snapshotter"), "{out}");
+    // no layer data left the registry, none is in the content store: manifest and config only
+    assert!(blob_gets(&reg, before, &layers[0]).is_empty(), "{:#?}", blob_gets(&reg, before, &layers[0]));
+    let content = content_digests(&ctrd);
+    assert!(!content.contains(&layers[0]), "the layer blob is in the content store: {content:?}");
+    assert_eq!(content.len(), 2, "{content:?}");
+    // the image record, its label, and the lease is gone
+    let ls = ctrd.ctr(&["image", "ls"]);
+    assert!(ls.contains(&img) && ls.contains("team=storage"), "{ls}");
+    assert!(leases(&ctrd).is_empty(), "{:?}", leases(&ctrd));
+    // the layer is a committed snapshot of the overlaybd snapshotter under its chain ID
+    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(snaps.contains(&layers[0]) && snaps.contains("Committed"), "{snaps}");
+    // a container runs on it, read lazily (ranges) from the registry
+    let run = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1", "/bin/sh", "-c", LOOK]);
+    for want in ["keep\n", &big_sha, "\nw\n"] {
+        assert!(run.contains(want), "{want:?} not in the container's output: {run}");
+    }
+    let gets = blob_gets(&reg, before, &layers[0]);
+    assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
+    // pulling again finds the layer unpacked
+    let again = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
+    assert!(again.contains("already unpacked"), "{again}");
+    // the collector follows the labels: removing the image removes its snapshots and blobs
+    ctrd.ctr(&["image", "rm", "--sync", &img]);
+    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert_eq!(snaps.lines().count(), 1, "snapshots left after the image was removed: {snaps}");
+    assert!(content_digests(&ctrd).is_empty(), "{:?}", content_digests(&ctrd));
+    drop(ctrd);
+    drop(snap);
+}
+
+#[test]
+fn rpull_of_a_plain_image_or_with_download_blobs_applies_the_layers() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let reg = Registry::start();
+    let (plain, big_sha) = busybox_image(&t.path().join("plain"));
+    let plain_img = reg.push(&plain.dir, "latest", "test/bbplain");
+    let (obd, _) = busybox_overlaybd_image(&t.path().join("obd"), "obd");
+    let obd_img = reg.push(&obd.dir, "obd", "test/bbobd");
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdfull");
+    // not an overlaybd image: the snapshotter hands out mounts, the layers are fetched and applied
+    let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &plain_img]);
+    assert_eq!(out.matches("downloaded and applied").count(), 2, "{out}");
+    let content = content_digests(&ctrd);
+    for l in layout_layers(&plain.dir) {
+        assert!(content.contains(&l), "layer {l} is not in the content store: {content:?}");
+    }
+    let run = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &plain_img, "plain1", "/bin/sh", "-c", LOOK]);
+    for want in ["keep\n", "second\n", "nogone\n", &big_sha, "\nw\n"] {
+        assert!(run.contains(want), "{want:?} not in the container's output: {run}");
+    }
+    // an overlaybd image with --download-blobs: its blob is fetched and applied as well
+    let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", "--download-blobs", &obd_img]);
+    assert!(out.contains("downloaded and applied"), "{out}");
+    let layers = layout_layers(&obd.dir);
+    assert!(content_digests(&ctrd).contains(&layers[0]));
+    let run = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &obd_img, "obd1", "/bin/sh", "-c", LOOK]);
+    assert!(run.contains("keep\n") && run.contains(&big_sha), "{run}");
+    assert!(leases(&ctrd).is_empty(), "{:?}", leases(&ctrd));
+    drop(ctrd);
+    drop(snap);
+}
+
+#[test]
+fn obdconv_converts_a_pulled_image_reproducibly_and_it_runs_the_same() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let reg = Registry::start();
+    let (plain, big_sha) = busybox_image(&t.path().join("plain"));
+    let src = reg.push(&plain.dir, "latest", "test/bbconv");
+    let snap = Snapshotter::start(t.path(), "");
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdconv");
+    ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &src]);
+    let dst = format!("{}/test/bbconv:obd", reg.host);
+    let out = ctr_obd(&ctrd, &tmp, &["obdconv", "--vsize", "8", &src, &dst]);
+    let digest = out
+        .lines()
+        .find_map(|l| l.strip_prefix("new image digest: "))
+        .unwrap_or_else(|| panic!("no digest printed: {out}"))
+        .to_string();
+    assert!(work_dirs(&tmp).is_empty(), "work directories left: {:?}", work_dirs(&tmp));
+    assert!(leases(&ctrd).is_empty(), "{:?}", leases(&ctrd));
+    // a Docker schema 2 manifest of overlaybd layers: OCI tar, the annotations, diff ID = digest
+    let m = content_json(&ctrd, &digest);
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{m}");
+    for l in layers {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar", "{l}");
+        let a = &l["annotations"];
+        assert_eq!(a[BLOB_DIGEST], l["digest"], "{l}");
+        assert_eq!(a[BLOB_SIZE].as_str().unwrap(), l["size"].to_string(), "{l}");
+        assert_eq!(a[FS_TYPE], "ext4", "{l}");
+        assert_eq!(a[VERSION], "0.1.0", "{l}");
+    }
+    let config = content_json(&ctrd, m["config"]["digest"].as_str().unwrap());
+    let diff_ids: Vec<&serde_json::Value> = config["rootfs"]["diff_ids"].as_array().unwrap().iter().collect();
+    let digests: Vec<&serde_json::Value> = layers.iter().map(|l| &l["digest"]).collect();
+    assert_eq!(diff_ids, digests);
+    assert_eq!(config["config"]["Cmd"][0], "/bin/sh", "the rest of the config is kept: {config}");
+    let ls = ctrd.ctr(&["image", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with(&dst) && l.contains(&digest)), "{ls}");
+    // the converted image shows the same files
+    let want = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &src, "src1", "/bin/sh", "-c", LOOK]);
+    assert!(want.contains(&big_sha) && want.contains("nogone\n"), "{want}");
+    let got = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &dst, "dst1", "/bin/sh", "-c", LOOK]);
+    assert_eq!(got, want);
+    // converting again gives the same bytes
+    let dst2 = format!("{}/test/bbconv:obd2", reg.host);
+    let out2 = ctr_obd(&ctrd, &tmp, &["obdconv", "--vsize", "8", &src, &dst2]);
+    assert!(out2.contains(&digest), "a second conversion differs: {out2} vs {digest}");
+    drop(ctrd);
+    drop(snap);
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_leaves_nothing() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let reg = Registry::start();
+    let (plain, _) = busybox_image(&t.path().join("plain"));
+    let src = reg.push(&plain.dir, "latest", "test/bbbad");
+    let (obd, _) = busybox_overlaybd_image(&t.path().join("obd"), "obd");
+    let obd_img = reg.push(&obd.dir, "obd", "test/bbobd");
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdbad");
+    let nothing_left = |what: &str, images: &[&str]| {
+        let mut names = image_names(&ctrd);
+        names.sort();
+        let mut want: Vec<String> = images.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(names, want, "image records after {what}");
+        assert!(leases(&ctrd).is_empty(), "leases left after {what}: {:?}", leases(&ctrd));
+        assert!(work_dirs(&tmp).is_empty(), "work directories left after {what}: {:?}", work_dirs(&tmp));
+    };
+
+    // rpull: an unreachable registry, a short reference, a missing tag, a missing socket
+    let gone = format!("127.0.0.1:{}/test/x:1", free_port());
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", &gone]);
+    assert!(e.contains(&format!("registry {gone}")) && e.to_lowercase().contains("connect"), "{e}");
+    nothing_left("an unreachable registry", &[]);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "busybox:latest"]);
+    assert!(e.contains("\"busybox:latest\"") && e.contains("fully qualified"), "{e}");
+    let missing = format!("{}/test/bbbad:nope", reg.host);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", &missing]);
+    assert!(e.contains(&format!("registry {missing}")) && e.contains("manifest"), "{e}");
+    nothing_left("a missing tag", &[]);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--hosts-dir", "/etc/containerd/certs.d", &src]);
+    assert!(e.contains("--hosts-dir"), "{e}");
+    let o = output(std::process::Command::new(env!("CARGO_BIN_EXE_ctr-obd")).args([
+        "-a",
+        "/nonexistent/containerd.sock",
+        "rpull",
+        "--plain-http",
+        &src,
+    ]));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("/nonexistent/containerd.sock"), "{e}");
+    // rpull into a snapshotter containerd does not have: the layer is named, nothing is recorded
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", "--snapshotter", "nosuch", &src]);
+    assert!(e.contains("Snapshots.Prepare") && e.contains("layer 0") && e.contains("nosuch"), "{e}");
+    nothing_left("an unknown snapshotter", &[]);
+
+    // obdconv: no such image, unsupported flags, an overlaybd image, a missing layer blob
+    let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", "nosuch/image:1", "dst:1"]);
+    assert!(e.contains("image nosuch/image:1 is not in containerd's namespace \"obdbad\""), "{e}");
+    nothing_left("a missing source", &[]);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", "--dbstr", "u:p@tcp(db:3306)/x", &src, "dst:1"]);
+    assert!(e.contains("--dbstr"), "{e}");
+    let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", "--fstype", "xfs", &src, "dst:1"]);
+    assert!(e.contains("--fstype"), "{e}");
+    ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &obd_img]);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", &obd_img, "dst:1"]);
+    assert!(e.contains("already an overlaybd image"), "{e}");
+    nothing_left("converting an overlaybd image", &[&obd_img]);
+    ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &src]);
+    let top = layout_layers(&plain.dir)[1].clone();
+    ctrd.ctr(&["content", "rm", &top]);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", &src, "dst:1"]);
+    assert!(e.contains(&format!("layer 1 blob {top} is not in containerd's content store")), "{e}");
+    assert!(e.contains("pulled lazily"), "{e}");
+    nothing_left("a missing layer blob", &[&obd_img, &src]);
+    // a conversion cut short by --timeout removes its work directory too
+    ctrd.ctr(&["image", "rm", "--sync", &src]);
+    ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &src]);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["--timeout", "50ms", "obdconv", &src, "dst:1"]);
+    assert!(e.contains("obdconv") && e.contains("50 ms"), "{e}");
+    nothing_left("a timeout", &[&obd_img, &src]);
+    drop(ctrd);
+    drop(snap);
+}
