@@ -25,6 +25,19 @@ fn ranges_of_a_pushed_blob_read_back_exactly() {
 }
 
 #[test]
+fn a_plain_http_registry_on_loopback_is_reached_from_an_https_url() {
+    // what the snapshotter builds from `127.0.0.1:PORT/repo:tag` is an https:// URL
+    let reg = Registry::start();
+    let blob = std::fs::read(reference("hello-world-amd64-overlaybd-layer.tar")).unwrap();
+    let digest = reg.push_blob("library/hello", &blob);
+    let https = reg.blob_url("library/hello").replacen("http://", "https://", 1);
+    let c = RegistryClient::new(ClientOptions::default()).unwrap();
+    assert_eq!(c.blob_size(&https, &digest).unwrap(), blob.len() as u64);
+    assert!(c.read_range(&https, &digest, 1000, 4096).unwrap() == blob[1000..5096]);
+    // (only loopback hosts fall back: see the unit test of `is_loopback`)
+}
+
+#[test]
 fn a_missing_blob_fails_at_once_with_the_url() {
     let reg = Registry::start();
     let c = RegistryClient::new(ClientOptions::default()).unwrap();

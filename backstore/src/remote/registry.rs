@@ -61,6 +61,22 @@ pub struct RegistryClient {
     opts: ClientOptions,
     /// The `Authorization` value to send, per registry path (`host/repository`).
     auth: Mutex<HashMap<String, Authorization>>,
+    /// Loopback hosts found to speak plain HTTP.
+    plain_hosts: Mutex<std::collections::HashSet<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_loopback_hosts_fall_back_to_plain_http() {
+        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "[::1]"] {
+            assert!(super::is_loopback(h), "{h}");
+        }
+        for h in ["registry.example.com", "10.0.0.1:5000", "[fe80::1]:5000", "localhost.example.com:5000"] {
+            assert!(!super::is_loopback(h), "{h}");
+        }
+        assert_eq!(super::host_of("https://127.0.0.1:5000/v2/a/blobs/x"), Some("127.0.0.1:5000"));
+    }
 }
 
 #[derive(Clone)]
@@ -94,7 +110,7 @@ impl RegistryClient {
             b = b.add_root_certificate(cert);
         }
         let http = b.build().map_err(|e| Error::InvalidArgument(format!("cannot make the HTTP client: {e}")))?;
-        Ok(RegistryClient { http, opts, auth: Mutex::new(HashMap::new()) })
+        Ok(RegistryClient { http, opts, auth: Mutex::new(HashMap::new()), plain_hosts: Mutex::default() })
     }
 
     /// `len` bytes of blob `digest` under `repo_blob_url`, from `offset`.
@@ -120,7 +136,7 @@ impl RegistryClient {
         self.opts
             .retry
             .run(&url, |_| {
-                let resp = self.send(&url, |c| c.head(&url))?;
+                let resp = self.send(&url, |c, u| c.head(u))?;
                 if !resp.status().is_success() {
                     return Err(status_failure(resp.status()));
                 }
@@ -179,7 +195,7 @@ impl RegistryClient {
     /// One try of a range read.
     fn try_range(&self, url: &str, offset: u64, len: usize) -> Try<Vec<u8>> {
         let range = format!("bytes={}-{}", offset, offset + len as u64 - 1);
-        let resp = self.send(url, |c| c.get(url).header(RANGE, range.as_str()))?;
+        let resp = self.send(url, |c, u| c.get(u).header(RANGE, range.as_str()))?;
         let status = resp.status();
         let mut body = Vec::with_capacity(len);
         match status {
@@ -211,16 +227,36 @@ impl RegistryClient {
         Ok(body)
     }
 
-    /// Sends a request built by `make`, authenticating as the registry asks (at most twice).
-    fn send(&self, url: &str, make: impl Fn(&Client) -> reqwest::blocking::RequestBuilder) -> Try<Response> {
+    /// Sends a request built by `make` for a URL (`url`, or its plain-HTTP form for a loopback
+    /// registry that speaks no TLS), authenticating as the registry asks (at most twice).
+    fn send(&self, url: &str, make: impl Fn(&Client, &str) -> reqwest::blocking::RequestBuilder) -> Try<Response> {
         let key = registry_path(url).unwrap_or_else(|| url.to_string());
+        let mut url = self.plain_form(url).unwrap_or_else(|| url.to_string());
         let mut fresh_credentials = false;
         for round in 0..3 {
-            let mut req = make(&self.http);
-            if let Some(v) = self.current_auth(&key)? {
-                req = req.header(AUTHORIZATION, v);
-            }
-            let resp = req.send().map_err(|e| transient("send", e))?;
+            let with_auth = |u: &str| -> Try<reqwest::blocking::RequestBuilder> {
+                let mut req = make(&self.http, u);
+                if let Some(v) = self.current_auth(&key)? {
+                    req = req.header(AUTHORIZATION, v);
+                }
+                Ok(req)
+            };
+            let resp = match with_auth(&url)?.send() {
+                Ok(r) => r,
+                Err(e) => match plain_http_fallback(&url, &e) {
+                    Some(plain) => match with_auth(&plain)?.send() {
+                        Ok(r) => {
+                            let host = host_of(&plain).unwrap_or_default().to_string();
+                            tracing::info!(%host, "the loopback registry speaks plain HTTP: using http://");
+                            self.plain_hosts.lock().unwrap_or_else(|p| p.into_inner()).insert(host);
+                            url = plain;
+                            r
+                        }
+                        Err(_) => return Err(transient("send", e)),
+                    },
+                    None => return Err(transient("send", e)),
+                },
+            };
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -237,11 +273,18 @@ impl RegistryClient {
                 return Err(permanent("authenticate", format!("{key}: authentication failed with {source}")));
             }
             // Re-read the credentials (a rotated password is picked up) and authenticate anew.
-            let cred = self.credential(url)?;
+            let cred = self.credential(&url)?;
             fresh_credentials = true;
-            self.authenticate(&key, url, &challenge, cred.as_ref())?;
+            self.authenticate(&key, &url, &challenge, cred.as_ref())?;
         }
         Err(permanent("authenticate", format!("{key}: authentication failed")))
+    }
+
+    /// `url` over plain HTTP when its (loopback) host was found to speak no TLS.
+    fn plain_form(&self, url: &str) -> Option<String> {
+        let rest = url.strip_prefix("https://")?;
+        let host = host_of(url)?;
+        self.plain_hosts.lock().unwrap_or_else(|p| p.into_inner()).contains(host).then(|| format!("http://{rest}"))
     }
 
     fn credential(&self, url: &str) -> Try<Option<Credential>> {
@@ -337,6 +380,31 @@ fn basic(c: &Credential) -> Try<HeaderValue> {
 fn bearer(t: &str) -> Try<HeaderValue> {
     HeaderValue::from_str(&format!("Bearer {t}"))
         .map_err(|_| permanent("authenticate", "the token holds characters a header cannot"))
+}
+
+/// `host[:port]` of a URL.
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+/// Whether `host[:port]` is this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => {
+            host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+        }
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The plain-HTTP form of an `https://` URL of a loopback registry whose TLS handshake failed
+/// (as Docker and containerd treat local registries): a registry started on this machine
+/// without TLS works with the image reference users type, while remote hosts never lose TLS.
+fn plain_http_fallback(url: &str, e: &reqwest::Error) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    (e.is_connect() && !e.is_timeout() && host_of(url).is_some_and(is_loopback)).then(|| format!("http://{rest}"))
 }
 
 /// Which statuses are worth another try.
