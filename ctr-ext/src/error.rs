@@ -26,6 +26,16 @@ pub enum Error {
         /// containerd's answer.
         status: Status,
     },
+    /// Unpacking a layer failed.
+    #[error("layer {index} ({digest}): {source}")]
+    Layer {
+        /// Position, bottom first.
+        index: usize,
+        /// The layer blob's digest.
+        digest: String,
+        /// What failed.
+        source: Box<Error>,
+    },
     /// A registry request failed.
     #[error("registry {reference}: {what}")]
     Registry {
@@ -54,7 +64,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A step did not finish in time.
-    #[error("{what}: no answer within {}", humanize(*.after))]
+    #[error("{what}: not done within {}", humanize(*.after))]
     Timeout {
         /// The step.
         what: String,
@@ -71,6 +81,7 @@ impl Error {
     pub fn code(&self) -> Option<Code> {
         match self {
             Error::Containerd { status, .. } => Some(status.code()),
+            Error::Layer { source, .. } => source.code(),
             _ => None,
         }
     }

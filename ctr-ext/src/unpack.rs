@@ -86,8 +86,16 @@ impl Unpacker<'_> {
         }
     }
 
-    /// Unpacks `layer` (its parent must be unpacked).
+    /// Unpacks `layer` (its parent must be unpacked); errors name the layer.
     pub async fn unpack(&mut self, layer: &Layer<'_>) -> Result<Unpacked> {
+        self.unpack_layer(layer).await.map_err(|e| Error::Layer {
+            index: layer.index,
+            digest: layer.desc.digest.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    async fn unpack_layer(&mut self, layer: &Layer<'_>) -> Result<Unpacked> {
         if self.exists(layer.chain_id).await? {
             self.cd.add_to_lease(&format!("snapshots/{}", self.snapshotter), layer.chain_id).await?;
             return Ok(Unpacked::Existed);
@@ -113,7 +121,7 @@ impl Unpacker<'_> {
                 labels: labels.clone(),
             };
             let mut c = self.cd.client().snapshots();
-            let what = format!("Snapshots.Prepare {key:?} of layer {} ({})", layer.index, layer.desc.digest);
+            let what = format!("Snapshots.Prepare {key:?}");
             match call(&what, PREPARE, c.prepare(self.cd.request(req, PREPARE))).await {
                 Ok(r) => {
                     mounts = Some(r.mounts);
@@ -130,8 +138,8 @@ impl Unpacker<'_> {
         }
         let mounts = mounts.ok_or_else(|| {
             Error::Image(format!(
-                "layer {} ({}): the snapshotter answered \"already exists\" three times but has no snapshot {}",
-                layer.index, layer.desc.digest, layer.chain_id
+                "the snapshotter answered \"already exists\" three times but has no snapshot {}",
+                layer.chain_id
             ))
         })?;
         self.active = Some(key.clone());
@@ -143,12 +151,8 @@ impl Unpacker<'_> {
             key: key.clone(),
             labels,
         };
-        match call(
-            &format!("Snapshots.Commit {} of layer {}", layer.chain_id, layer.index),
-            PREPARE,
-            c.commit(self.cd.request(req, PREPARE)),
-        )
-        .await
+        match call(&format!("Snapshots.Commit {}", layer.chain_id), PREPARE, c.commit(self.cd.request(req, PREPARE)))
+            .await
         {
             Ok(_) => {}
             // committed meanwhile by another pull: ours is not needed
@@ -172,14 +176,14 @@ impl Unpacker<'_> {
         let mut c = self.cd.client().diff();
         let mut diff = layer.desc.to_containerd();
         diff.annotations.clear();
+        let what = format!("Diff.Apply onto {}", key_of(&mounts));
         let req = ApplyRequest { diff: Some(diff), mounts, payloads: HashMap::new(), sync_fs: false };
-        let what = format!("Diff.Apply of layer {} ({})", layer.index, layer.desc.digest);
         let applied = call(&what, APPLY, c.apply(self.cd.request(req, APPLY))).await?;
         let got = applied.applied.map(|d| d.digest).unwrap_or_default();
         if got != layer.diff_id {
             return Err(Error::Image(format!(
-                "layer {} ({}): applied content has diff ID {got}, the config says {}",
-                layer.index, layer.desc.digest, layer.diff_id
+                "the applied content has diff ID {got}, the config says {}",
+                layer.diff_id
             )));
         }
         Ok(())
@@ -191,4 +195,9 @@ impl Unpacker<'_> {
         let req = RemoveSnapshotRequest { snapshotter: self.snapshotter.to_string(), key: key.to_string() };
         call(&format!("Snapshots.Remove {key:?}"), QUICK, c.remove(self.cd.request(req, QUICK))).await.map(|_| ())
     }
+}
+
+/// What a mount list is, for messages.
+fn key_of(mounts: &[Mount]) -> String {
+    mounts.iter().map(|m| format!("{} {}", m.r#type, m.source)).collect::<Vec<_>>().join(", ")
 }

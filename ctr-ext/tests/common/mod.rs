@@ -106,6 +106,14 @@ impl Registry {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Deletes blob `digest` from the registry's storage (its links stay: the registry then
+    /// answers "blob unknown").
+    pub fn delete_blob(&self, digest: &str) {
+        let hex = digest.trim_start_matches("sha256:");
+        let p = self._dir.path().join("data/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex);
+        std::fs::remove_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+
     /// Pushes an OCI layout's `tag` as `name:tag` here.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
         let dest = format!("{}/{name}:{tag}", self.host);
@@ -583,5 +591,6 @@ pub fn ctr_obd_fails(c: &Containerd, tmp: &Path, args: &[&str]) -> String {
     let o = ctr_obd_output(c, tmp, args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "ctr-obd {args:?} succeeded: {}\n{err}", String::from_utf8_lossy(&o.stdout));
+    eprintln!("ctr-obd {args:?} failed as expected:\n{err}");
     err
 }
