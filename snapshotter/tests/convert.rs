@@ -301,3 +301,307 @@ fn bad_input_gives_a_clear_error_and_pushes_no_image() {
     assert!(text(&o).contains("TurboOCI") && o.status.code() == Some(1), "{}", text(&o));
     let _ = std::io::stdout().flush();
 }
+
+/// A member of the round trip's layers.
+enum Member {
+    Dir(&'static str, u32),
+    File(&'static str, Vec<u8>, u32, (u64, u64)),
+    HardLink(&'static str, &'static str),
+    Symlink(&'static str, &'static str),
+    Char(&'static str, u32, u32),
+    Block(&'static str, u32, u32),
+    Fifo(&'static str),
+    /// PAX `SCHILY.xattr.*` records, then the member.
+    Xattrs(Vec<(&'static str, Vec<u8>)>, Box<Member>),
+}
+
+/// A gzip layer of `members` in `o`: (descriptor JSON, diff ID).
+fn rich_layer(o: &OciLayout, members: Vec<Member>) -> (String, String) {
+    fn add(b: &mut tar::Builder<Vec<u8>>, m: Member) {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(1_650_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(0);
+        match m {
+            Member::Dir(p, mode) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(mode);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Member::File(p, data, mode, (uid, gid)) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(mode);
+                h.set_uid(uid);
+                h.set_gid(gid);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, data.as_slice()).unwrap();
+            }
+            Member::HardLink(p, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Member::Symlink(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Member::Char(p, major, minor) | Member::Block(p, major, minor) => {
+                let char = matches!(m, Member::Char(..));
+                h.set_entry_type(if char { tar::EntryType::Char } else { tar::EntryType::Block });
+                h.set_mode(0o600);
+                h.set_device_major(major).unwrap();
+                h.set_device_minor(minor).unwrap();
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Member::Fifo(p) => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                h.set_mode(0o640);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Member::Xattrs(x, inner) => {
+                let keys: Vec<String> = x.iter().map(|(k, _)| format!("SCHILY.xattr.{k}")).collect();
+                b.append_pax_extensions(keys.iter().zip(&x).map(|(k, (_, v))| (k.as_str(), v.as_slice()))).unwrap();
+                add(b, *inner);
+            }
+        }
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    for m in members {
+        add(&mut b, m);
+    }
+    let tar = b.into_inner().unwrap();
+    let diff = format!("sha256:{}", sha256(&tar));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let d = o.blob(&gz);
+    (
+        format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{}}}"#, gz.len()),
+        diff,
+    )
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A three-layer image exercising what a layer can hold: whiteouts of files and directories,
+/// an opaque directory, hard links, symlinks, xattrs (user and file
+/// capabilities), device nodes and a FIFO, owners and special modes, a large file, a sparse
+/// one and a long name.
+fn rich_image(dir: &Path) -> PathBuf {
+    let o = OciLayout::new(dir);
+    let mut base: Vec<Member> = vec![Member::Dir("bin", 0o755), Member::Dir("etc", 0o755), Member::Dir("tmp", 0o1777)];
+    for d in ["proc", "sys", "dev"] {
+        base.push(Member::Dir(d, 0o755));
+    }
+    base.push(Member::File("bin/busybox", std::fs::read("/bin/busybox").unwrap(), 0o755, (0, 0)));
+    for a in ["sh", "sleep", "cat"] {
+        base.push(Member::Symlink(Box::leak(format!("bin/{a}").into_boxed_str()), "busybox"));
+    }
+    let l1 = rich_layer(&o, base);
+    let mut sparse = vec![0u8; 48 << 20];
+    sparse[..4096].copy_from_slice(&pseudo_random(4096, 7));
+    let end = sparse.len() - 10;
+    sparse[end..].copy_from_slice(b"sparse-end");
+    let cap = [1u8, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]; // v2, CAP_NET_BIND_SERVICE
+    let l2 = rich_layer(
+        &o,
+        vec![
+            Member::Dir("data", 0o755),
+            Member::File("data/keep", b"keep\n".to_vec(), 0o644, (0, 0)),
+            Member::File("data/gone", b"gone\n".to_vec(), 0o644, (0, 0)),
+            Member::Dir("data/gone-dir", 0o755),
+            Member::File("data/gone-dir/f", b"f\n".to_vec(), 0o644, (0, 0)),
+            Member::Dir("data/opaque", 0o750),
+            Member::File("data/opaque/a", b"a\n".to_vec(), 0o644, (0, 0)),
+            Member::File("data/opaque/b", b"b\n".to_vec(), 0o644, (0, 0)),
+            Member::File("data/owned", b"owned\n".to_vec(), 0o640, (1000, 2000)),
+            Member::File("data/setuid", b"#!/bin/sh\n".to_vec(), 0o4755, (0, 0)),
+            Member::Dir("data/sticky", 0o1777),
+            Member::File("data/big", pseudo_random(9 << 20, 3), 0o644, (0, 0)),
+            Member::File("data/sparse", sparse, 0o600, (0, 0)),
+            Member::File("data/empty", Vec::new(), 0o444, (0, 0)),
+            Member::File("data/hard1", b"linked\n".to_vec(), 0o644, (0, 0)),
+            Member::HardLink("data/hard2", "data/hard1"),
+            Member::Symlink("data/sym", "../data/keep"),
+            Member::Symlink("data/dangling", "/nowhere/at/all"),
+            Member::Char("data/chr", 1, 3),
+            Member::Block("data/blk", 7, 0),
+            Member::Fifo("data/fifo"),
+            Member::Xattrs(
+                vec![("user.test", b"hello".to_vec()), ("security.capability", cap.to_vec())],
+                Box::new(Member::File("data/xattr", b"x\n".to_vec(), 0o755, (0, 0))),
+            ),
+            Member::Xattrs(vec![("user.dir", b"d".to_vec())], Box::new(Member::Dir("data/xdir", 0o700))),
+            Member::File(
+                "data/a-rather-long-directory-name-for-the-ustar-limit/and-an-even-longer-file-name-beyond-one-hundred-bytes-ñ",
+                b"long\n".to_vec(),
+                0o644,
+                (0, 0),
+            ),
+        ],
+    );
+    let l3 = rich_layer(
+        &o,
+        vec![
+            Member::File("data/.wh.gone", Vec::new(), 0o644, (0, 0)),
+            Member::File("data/.wh.gone-dir", Vec::new(), 0o644, (0, 0)),
+            Member::Dir("data/opaque", 0o750),
+            Member::File("data/opaque/.wh..wh..opq", Vec::new(), 0o644, (0, 0)),
+            Member::File("data/opaque/c", b"c\n".to_vec(), 0o644, (0, 0)),
+            Member::File("data/owned", b"owned again\n".to_vec(), 0o600, (1001, 1001)),
+            // (containerd refuses hard links to a lower layer's file, as Docker never makes them)
+            Member::File("data/hard3", b"linked in layer 3\n".to_vec(), 0o600, (0, 0)),
+            Member::HardLink("data/hard4", "data/hard3"),
+            Member::File("data/new", b"new\n".to_vec(), 0o644, (0, 0)),
+        ],
+    );
+    o.finish(&[l1, l2, l3], "latest", &["/bin/sh"]);
+    o.dir.clone()
+}
+
+/// What a running container's root holds, walked from the host through `/proc/PID/root`: per
+/// path its type and mode, owner, size (not for directories), hard-link group, link target,
+/// device numbers, xattrs and content digest; the container's own mounts are left out.
+fn container_tree(ctrd: &Containerd, image: &str, id: &str, snapshotter: &str) -> String {
+    ctrd.ctr(&["run", "-d", "--snapshotter", snapshotter, image, id, "/bin/sleep", "600"]);
+    let tasks = ctrd.ctr(&["task", "ls"]);
+    let pid = tasks
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no task {id}: {tasks}"))
+        .to_string();
+    let script = r#"
+import hashlib, os, stat, sys
+root = "/proc/%s/root" % sys.argv[1]
+mounts = set()
+for l in open("/proc/%s/mountinfo" % sys.argv[1]):
+    mp = l.split()[4]
+    if mp != "/":
+        mounts.add(mp)
+groups, out = {}, []
+for d, dirs, files in os.walk(root):
+    rel = d[len(root):] or "/"
+    dirs[:] = sorted(x for x in dirs if os.path.join(rel, x) not in mounts)
+    for name in sorted(dirs + files):
+        p, r = os.path.join(d, name), os.path.join(rel, name)
+        if r in mounts:
+            continue
+        st = os.lstat(p)
+        f = [r, "%o" % st.st_mode, "%d:%d" % (st.st_uid, st.st_gid)]
+        if not stat.S_ISDIR(st.st_mode):
+            f.append("size=%d" % st.st_size)
+            key = (st.st_dev, st.st_ino)
+            f.append("group=" + groups.setdefault(key, r) + " nlink=%d" % st.st_nlink)
+        if stat.S_ISLNK(st.st_mode):
+            f.append("-> " + os.readlink(p))
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            f.append("dev=%d,%d" % (os.major(st.st_rdev), os.minor(st.st_rdev)))
+        if stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            f.append(h.hexdigest())
+        if not stat.S_ISLNK(st.st_mode):
+            for k in sorted(os.listxattr(p, follow_symlinks=False)):
+                f.append("%s=%s" % (k, os.getxattr(p, k, follow_symlinks=False).hex()))
+        out.append(" ".join(f))
+print("\n".join(out))
+"#;
+    let tree = run(Command::new("python3").arg("-c").arg(script).arg(&pid));
+    let _ = ctrd.ctr_output(&["task", "kill", "-s", "KILL", id]);
+    for _ in 0..100 {
+        if ctrd.ctr_output(&["task", "rm", id]).status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ctrd.ctr(&["container", "rm", id]);
+    tree
+}
+
+#[test]
+fn a_converted_image_rpulled_lazily_shows_what_the_original_shows() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let layout = rich_image(&t.path().join("rich"));
+    let src = reg.push(&layout, "latest", "test/rich");
+    let repo = format!("{}/test/rich", reg.host);
+    let w = t.path().join("work");
+    digest_line(&convertor(&[
+        "-r",
+        &repo,
+        "-i",
+        "latest",
+        "-o",
+        "obd",
+        "--plain",
+        "-d",
+        w.to_str().unwrap(),
+        "--db-type",
+        "none",
+    ]));
+    // no mirror entry: the snapshotter reaches the plain loopback registry by itself
+    let snap = Snapshotter::start(t.path(), "");
+    let ctrd = Containerd::start(t.path(), &snap.socket, "obdconv");
+    // the original through containerd's own overlayfs snapshotter
+    ctrd.ctr(&["image", "pull", "--plain-http", &src]);
+    let want = container_tree(&ctrd, &src, "orig", "overlayfs");
+    // the converted one, rpulled (no layer data) and run lazily through ours
+    let obd = format!("{repo}:obd");
+    let before = reg.log_text().len();
+    let o = output(Command::new(workspace_bin("ctr-obd")).args([
+        "-a",
+        ctrd.socket.to_str().unwrap(),
+        "-n",
+        "obdconv",
+        "rpull",
+        "--plain-http",
+        &obd,
+    ]));
+    assert!(o.status.success(), "ctr-obd rpull: {}", text(&o));
+    let layer_gets = reg.log_text()[before..].lines().filter(|l| l.contains("GET /v2/test/rich/blobs/")).count();
+    assert!(layer_gets <= 1, "rpull fetched layer data ({layer_gets} blob GETs besides the config)");
+    let got = container_tree(&ctrd, &obd, "conv", "overlaybd");
+    for must in [
+        "/data/opaque/c",
+        "/data/xattr",
+        "user.test=68656c6c6f",
+        "security.capability=",
+        "/data/chr 20600",
+        "/data/hard3",
+        "-> ../data/keep",
+        "/data/owned 100600 1001:1001",
+    ] {
+        assert!(want.contains(must), "the original lacks {must:?}: {want}");
+    }
+    for gone in ["/data/gone ", "/data/gone-dir", "/data/opaque/a"] {
+        assert!(!want.contains(gone), "the original shows {gone:?}");
+    }
+    // ext4's lost+found is in every overlaybd image (the reference's too)
+    let got: String = got.lines().filter(|l| !l.starts_with("/lost+found ")).map(|l| format!("{l}\n")).collect();
+    let want: String = want.lines().map(|l| format!("{l}\n")).collect();
+    if want != got {
+        let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+        let only_w: Vec<&&str> = w.iter().filter(|l| !g.contains(l)).collect();
+        let only_g: Vec<&&str> = g.iter().filter(|l| !w.contains(l)).collect();
+        panic!("the converted image differs:\n only in the original: {only_w:#?}\n only in the converted: {only_g:#?}");
+    }
+    ctrd.ctr(&["image", "rm", &obd, &src]);
+    drop(ctrd);
+    drop(snap);
+}

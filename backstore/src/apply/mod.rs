@@ -135,6 +135,10 @@ pub fn apply(fs: &mut Filesystem, input: &mut dyn Read) -> Result<Stats> {
                     ))
                 })?;
                 fs.hard_link(dir, base, tino).map_err(|e| fs_err(&full, e))?;
+                // The link's header applies to the shared inode, as containerd's and Docker's
+                // appliers do (so a converted image shows what `ctr run` of the source shows).
+                fs.set_attrs(tino, &attrs).map_err(|e| fs_err(&full, e))?;
+                set_xattrs(fs, tino, &mut entry, &full)?;
                 created.insert(full);
                 continue;
             }
