@@ -117,7 +117,7 @@ fn code_name(c: Code) -> &'static str {
 }
 
 fn humanize(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.subsec_nanos() == 0 {
         format!("{} s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())

@@ -23,6 +23,12 @@ use crate::manifest::{self, Descriptor, Kind, Manifest, DOCKER_MANIFEST};
 pub const ANNOTATION_FS_TYPE: &str = "containerd.io/snapshot/overlaybd/blob-fs-type";
 /// How long the conversion's lease outlives a crashed `ctr-obd`.
 pub const LEASE_EXPIRE: Duration = Duration::from_secs(3600);
+/// How long a conversion cut short waits for the layer build in flight (which cannot be
+/// stopped) before it removes the work directory.
+pub const BUILD_GRACE: Duration = Duration::from_secs(120);
+
+/// The layer build running on a blocking thread.
+type Building = Option<tokio::task::JoinHandle<convertor::Result<Built>>>;
 
 /// The checked options of a conversion.
 #[derive(Clone, Debug)]
@@ -79,15 +85,18 @@ pub async fn run(address: &Path, namespace: &str, limit: Option<Duration>, args:
     cd.create_lease("overlaybd-conv", LEASE_EXPIRE).await?;
     let work = std::env::temp_dir().join(format!("ctr-obd-conv-{}", unique()));
     let mut current = None;
+    let mut building: Building = None;
     let outcome = match std::fs::create_dir_all(&work) {
         Err(e) => Ok(Err(Error::io(work.display(), e))),
-        Ok(()) => bounded::run(limit, convert(&cd, args, &plan, &work, &mut current)).await,
+        Ok(()) => bounded::run(limit, convert(&cd, args, &plan, &work, &mut current, &mut building)).await,
     };
-    if let Err(e) = std::fs::remove_dir_all(&work) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("removing the work directory {}: {e}", work.display());
+    if let Some(b) = building.take() {
+        tracing::info!("waiting for the layer build in flight to end");
+        if tokio::time::timeout(BUILD_GRACE, b).await.is_err() {
+            tracing::warn!("the layer build in flight did not end within {} s", BUILD_GRACE.as_secs());
         }
     }
+    remove_work_dir(&work);
     if let Err(e) = cd.delete_lease().await {
         tracing::warn!("{e}");
     }
@@ -104,12 +113,25 @@ pub async fn run(address: &Path, namespace: &str, limit: Option<Duration>, args:
     }
 }
 
+/// Removes the work directory (a few tries: a build cut short may still be writing into it).
+fn remove_work_dir(work: &Path) {
+    for attempt in 0..5 {
+        match std::fs::remove_dir_all(work) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 4 => tracing::warn!("removing the work directory {}: {e}", work.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 async fn convert(
     cd: &Containerd,
     args: &ObdconvArgs,
     plan: &Plan,
     work: &Path,
     current: &mut Option<String>,
+    building: &mut Building,
 ) -> Result<Vec<String>> {
     let src = &args.src;
     let image = images::get(cd, src).await?.ok_or_else(|| {
@@ -175,12 +197,14 @@ async fn convert(
         let dir = work.join(format!("layer-{i}"));
         let lowers: Vec<PathBuf> = built.iter().map(|b| b.file.clone()).collect();
         let (diff_id, chains, opts, b) = (diff_ids[i].clone(), chain_ids.clone(), plan.options.clone(), blob.clone());
-        let b = tokio::task::spawn_blocking(move || {
+        let task = building.insert(tokio::task::spawn_blocking(move || {
             convertor::layer::build(&dir, i, &b, &diff_id, &chains, &lowers, &opts)
-        })
-        .await
-        .map_err(|e| Error::Image(format!("{src}: layer {i}: the build task failed: {e}")))?
-        .map_err(|source| Error::Convert { image: src.clone(), source })?;
+        }));
+        let b = task
+            .await
+            .map_err(|e| Error::Image(format!("{src}: layer {i}: the build task failed: {e}")))?
+            .map_err(|source| Error::Convert { image: src.clone(), source })?;
+        *building = None;
         let _ = std::fs::remove_file(&blob);
         let desc = layer_descriptor(&b, &plan.fstype)?;
         content::write_file(cd, &b.file, &desc, &HashMap::new()).await?;
@@ -301,7 +325,7 @@ mod tests {
             annotations: HashMap::new(),
         };
         let src = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{}]}"#;
-        let out = converted_manifest(src, b"{}", &[b.clone()], &cfg_desc, &[d]).unwrap();
+        let out = converted_manifest(src, b"{}", std::slice::from_ref(&b), &cfg_desc, &[d]).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["mediaType"], DOCKER_MANIFEST);
         assert_eq!(v["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");

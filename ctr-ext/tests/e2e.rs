@@ -26,6 +26,34 @@ fn layout_layers(dir: &Path) -> Vec<String> {
     manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
 }
 
+/// Tags the layout's manifest also as `tag`, wrapped in an OCI index for the host platform.
+fn add_index_tag(layout: &OciLayout, tag: &str) {
+    let path = layout.dir.join("index.json");
+    let mut top: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut m = top["manifests"][0].clone();
+    m.as_object_mut().unwrap().remove("annotations");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [m],
+    })
+    .to_string();
+    let d = layout.blob(index.as_bytes());
+    top["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": d,
+        "size": index.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }));
+    std::fs::write(&path, top.to_string()).unwrap();
+}
+
 /// The digests in containerd's content store.
 fn content_digests(c: &Containerd) -> Vec<String> {
     c.ctr(&["content", "ls"])
@@ -85,7 +113,7 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
     let layers = layout_layers(&layout.dir);
     assert_eq!(layers.len(), 1);
     let snap = Snapshotter::start(t.path(), &insecure(&reg));
-    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdrpull");
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-lazy");
     let before = reg.log_text().len();
     let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", "--label", "team=storage", &img]);
     assert_eq!(out.lines().last(), Some("done"), "{out}");
@@ -103,17 +131,44 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
     let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert!(snaps.contains(&layers[0]) && snaps.contains("Committed"), "{snaps}");
     // a container runs on it, read lazily (ranges) from the registry
-    let run = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1", "/bin/sh", "-c", LOOK]);
+    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1", "/bin/sh", "-c", LOOK]);
     for want in ["keep\n", &big_sha, "\nw\n"] {
-        assert!(run.contains(want), "{want:?} not in the container's output: {run}");
+        assert!(ran.contains(want), "{want:?} not in the container's output: {ran}");
     }
     let gets = blob_gets(&reg, before, &layers[0]);
     assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
     // pulling again finds the layer unpacked
     let again = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
     assert!(again.contains("already unpacked"), "{again}");
-    // the collector follows the labels: removing the image removes its snapshots and blobs
+    // the same image behind an index: the host platform's manifest is chosen, the index stored
+    add_index_tag(&layout, "idx");
+    let before = reg.log_text().len();
+    let idx = format!("{}/test/bbobd:idx", reg.host);
+    run(std::process::Command::new("skopeo")
+        .args(["copy", "-q", "--all", "--dest-tls-verify=false", "--preserve-digests"])
+        .arg(format!("oci:{}:idx", layout.dir.display()))
+        .arg(format!("docker://{idx}")));
+    let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &idx]);
+    assert_eq!(out.lines().last(), Some("done"), "{out}");
+    assert!(blob_gets(&reg, before, &layers[0]).is_empty());
+    let ls = ctrd.ctr(&["image", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with(&idx) && l.contains("application/vnd.oci.image.index.v1+json")), "{ls}");
+    let content = ctrd.ctr(&["content", "ls"]);
+    assert_eq!(content_digests(&ctrd).len(), 3, "index, manifest, config: {content}");
+    assert!(
+        content.contains("containerd.io/gc.ref.content.m.0=")
+            && content.contains("containerd.io/gc.ref.snapshot.overlaybd="),
+        "{content}"
+    );
+    // the collector follows the labels: with the first image removed, the index holds the
+    // manifest, config and snapshot; with both removed, nothing is left
     ctrd.ctr(&["image", "rm", "--sync", &img]);
+    assert_eq!(content_digests(&ctrd).len(), 3, "{}", ctrd.ctr(&["content", "ls"]));
+    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(snaps.contains(&layers[0]), "the index's snapshot was collected: {snaps}");
+    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &idx, "lazy2", "/bin/sh", "-c", LOOK]);
+    assert!(ran.contains(&big_sha), "{ran}");
+    ctrd.ctr(&["image", "rm", "--sync", &idx]);
     let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert_eq!(snaps.lines().count(), 1, "snapshots left after the image was removed: {snaps}");
     assert!(content_digests(&ctrd).is_empty(), "{:?}", content_digests(&ctrd));
@@ -132,7 +187,7 @@ fn rpull_of_a_plain_image_or_with_download_blobs_applies_the_layers() {
     let (obd, _) = busybox_overlaybd_image(&t.path().join("obd"), "obd");
     let obd_img = reg.push(&obd.dir, "obd", "test/bbobd");
     let snap = Snapshotter::start(t.path(), &insecure(&reg));
-    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdfull");
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-full");
     // not an overlaybd image: the snapshotter hands out mounts, the layers are fetched and applied
     let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &plain_img]);
     assert_eq!(out.matches("downloaded and applied").count(), 2, "{out}");
@@ -165,7 +220,7 @@ fn obdconv_converts_a_pulled_image_reproducibly_and_it_runs_the_same() {
     let (plain, big_sha) = busybox_image(&t.path().join("plain"));
     let src = reg.push(&plain.dir, "latest", "test/bbconv");
     let snap = Snapshotter::start(t.path(), "");
-    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdconv");
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-conv");
     ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &src]);
     let dst = format!("{}/test/bbconv:obd", reg.host);
     let out = ctr_obd(&ctrd, &tmp, &["obdconv", "--vsize", "8", &src, &dst]);
@@ -220,7 +275,7 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
     let (obd, _) = busybox_overlaybd_image(&t.path().join("obd"), "obd");
     let obd_img = reg.push(&obd.dir, "obd", "test/bbobd");
     let snap = Snapshotter::start(t.path(), &insecure(&reg));
-    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdbad");
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-bad");
     let nothing_left = |what: &str, images: &[&str]| {
         let mut names = image_names(&ctrd);
         names.sort();
@@ -260,7 +315,7 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
 
     // obdconv: no such image, unsupported flags, an overlaybd image, a missing layer blob
     let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", "nosuch/image:1", "dst:1"]);
-    assert!(e.contains("image nosuch/image:1 is not in containerd's namespace \"obdbad\""), "{e}");
+    assert!(e.contains("image nosuch/image:1 is not in containerd's namespace \"ctrobd-bad\""), "{e}");
     nothing_left("a missing source", &[]);
     let e = ctr_obd_fails(&ctrd, &tmp, &["obdconv", "--dbstr", "u:p@tcp(db:3306)/x", &src, "dst:1"]);
     assert!(e.contains("--dbstr"), "{e}");
