@@ -354,3 +354,28 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
     drop(ctrd);
     drop(snap);
 }
+
+#[test]
+fn rpull_from_a_registry_that_needs_a_password_uses_user() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let reg = Registry::start_with_auth("puller", "s3cret");
+    let (layout, _) = busybox_overlaybd_image(&t.path().join("img"), "obd");
+    let img = reg.push(&layout.dir, "obd", "test/bbauth");
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-auth");
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
+    assert!(e.contains(&format!("registry {img}")) && e.to_lowercase().contains("not authorized"), "{e}");
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", "-u", "puller:wrong", &img]);
+    assert!(e.contains(&format!("registry {img}")), "{e}");
+    let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", "-u", "puller", &img]);
+    assert!(e.contains("user:password"), "{e}");
+    assert!(image_names(&ctrd).is_empty() && leases(&ctrd).is_empty());
+    let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", "-u", "puller:s3cret", &img]);
+    assert_eq!(out.lines().last(), Some("done"), "{out}");
+    assert!(out.contains("committed by the snapshotter"), "{out}");
+    assert_eq!(image_names(&ctrd), vec![img.clone()]);
+    drop(ctrd);
+    drop(snap);
+}

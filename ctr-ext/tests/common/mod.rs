@@ -70,19 +70,35 @@ pub struct Registry {
     /// `127.0.0.1:PORT`.
     pub host: String,
     log: PathBuf,
+    creds: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
     /// Starts one.
     pub fn start() -> Registry {
+        Registry::launch(None)
+    }
+
+    /// Starts one that serves only `user` with `password` (HTTP basic authentication).
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user, password)))
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let cfg = dir.path().join("config.yml");
+        let mut auth_yaml = String::new();
+        if let Some((user, password)) = auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap())).unwrap();
+            auth_yaml = format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", htpasswd.display());
+        }
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
                 dir.path().join("data").display()
             ),
         )
@@ -96,7 +112,8 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let host = format!("127.0.0.1:{port}");
-        let r = Registry { child, host, log, _dir: dir };
+        let creds = auth.map(|(u, p)| format!("{u}:{p}"));
+        let r = Registry { child, host, log, creds, _dir: dir };
         wait_until("the registry start", 30, || std::net::TcpStream::connect(&r.host).is_ok());
         r
     }
@@ -117,10 +134,12 @@ impl Registry {
     /// Pushes an OCI layout's `tag` as `name:tag` here.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
         let dest = format!("{}/{name}:{tag}", self.host);
-        run(Command::new("skopeo")
-            .args(["copy", "-q", "--dest-tls-verify=false", "--preserve-digests"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{dest}")));
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "-q", "--dest-tls-verify=false", "--preserve-digests"]);
+        if let Some(c) = &self.creds {
+            cmd.arg("--dest-creds").arg(c);
+        }
+        run(cmd.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{dest}")));
         dest
     }
 }
