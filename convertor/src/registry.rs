@@ -74,6 +74,8 @@ impl Registry {
         let config = ClientConfig {
             protocol: if access.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
             accept_invalid_certificates: access.insecure,
+            // one PUT per blob: chunked uploads cost a round trip per MiB
+            use_monolithic_push: true,
             extra_root_certificates,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(120)),

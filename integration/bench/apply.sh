@@ -18,48 +18,9 @@ W=$(mktemp -d /tmp/obd-apply-bench.XXXXXX)
 cleanup() { umount "$W/mnt" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
-# The layers. The base layer is a sample of this machine's /usr, /etc and /var/lib/dpkg with
-# the file-size mix of a distribution base layer (many small files, some large ones): files
-# are taken in a fixed pseudo-random order until BASE_MB, with their parent directories.
-python3 - "$BASE_MB" > "$W/list" <<'PY'
-import hashlib, os, sys
-limit, total, picked = int(sys.argv[1]) << 20, 0, set()
-files = []
-for top in ("usr", "etc", "var/lib/dpkg"):
-    for d, dirs, names in os.walk("/" + top):
-        dirs.sort()
-        for n in sorted(names):
-            p = os.path.join(d, n)[1:]
-            if os.path.islink("/" + p) or os.path.isfile("/" + p):
-                files.append(p)
-files.sort(key=lambda p: hashlib.sha256(p.encode()).digest())
-for p in files:
-    try:
-        total += os.lstat("/" + p).st_size
-    except OSError:
-        continue
-    picked.add(p)
-    d = os.path.dirname(p)
-    while d and d not in picked:
-        picked.add(d)
-        d = os.path.dirname(d)
-    if total > limit:
-        break
-print("\n".join(sorted(picked)))
-PY
-tar -cf "$W/base.tar" -C / --no-recursion -T "$W/list" 2>/dev/null || true
-mkdir -p "$W/sparse"
-python3 - "$W/sparse" <<'PY'
-import os, sys
-for i in range(4):
-    with open(os.path.join(sys.argv[1], f"disk{i}.img"), "wb") as f:
-        f.truncate(288 << 20)
-        for k in range(0, 288, 16):
-            f.seek(k << 20)
-            f.write(os.urandom(256 << 10))
-PY
-tar -cf "$W/sparse.tar" -C "$W" sparse
-rm -rf "$W/sparse"
+# The layers: base.tar and sparse.tar in $W (see layers.sh).
+. integration/bench/layers.sh
+make_layers "$W" "$BASE_MB"
 
 mbps() { python3 -c "import sys; print(f'{$1 / 1e6 / $2:.1f}')"; }
 ceiling() { # tar -x onto ext4 on a loop device, synced
