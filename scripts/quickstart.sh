@@ -3,12 +3,15 @@
 # made by the reference convertor): inspect it, decompress it, read /hello out of its ext4, and
 # serve it as a real disk and mount it; then convert the hello-world source layer ourselves in
 # user space (mkfs + apply + commit, no device) and check the independent reader accepts it and
-# /hello is the same. Needs root (loop devices, FUSE, mount).
+# /hello is the same; then a registry, containerd (CRI) and overlaybd-snapshotter: the reference
+# image pulled lazily through CRI and run, and the plain hello-world image converted registry to
+# registry by overlaybd-convertor, pulled by ctr-obd rpull (no layer data) and run lazily.
+# Needs root (loop devices, FUSE, mount).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 scripts/deps.sh
-cargo build --release --locked -p backstore -p overlaybd-snapshotter -p overlaybd-integration
+cargo build --release --locked -p backstore -p overlaybd-snapshotter -p overlaybd-integration -p overlaybd-convertor -p ctr-obd
 B=target/release
 REF=backstore/tests/data/reference/hello-world-amd64-overlaybd-layer.tar
 W=$(mktemp -d)
@@ -90,5 +93,31 @@ set +x
 echo "registry answers for the layer blob (206 = a range):"
 grep 'method=GET' "$W/reg.log" | grep 'blobs/sha256:022231c3' | grep -o 'response.status=[0-9]*' | sort | uniq -c
 $C image rm "$REG/hello:obd" >/dev/null
+# image conversion: the plain hello-world image (the reference's source layer) pushed to the
+# registry, converted registry to registry in user space, pulled with ctr-obd rpull (no layer
+# data) and run lazily
+P=$W/plain; mkdir -p "$P/blobs/sha256"; echo '{"imageLayoutVersion":"1.0.0"}' > "$P/oci-layout"
+python3 - "$P" "$R" <<'PY'
+import gzip, hashlib, json, os, sys
+p, r = sys.argv[1], sys.argv[2]
+def blob(b):
+    h = hashlib.sha256(b).hexdigest(); open(f"{p}/blobs/sha256/{h}", "wb").write(b); return "sha256:" + h
+gz = open(f"{r}/hello-world-amd64-source-layer.tar.gz", "rb").read()
+cfg = json.load(open(f"{r}/hello-world-amd64-overlaybd-config.json"))
+cfg["rootfs"]["diff_ids"] = ["sha256:" + hashlib.sha256(gzip.decompress(gz)).hexdigest()]
+c = json.dumps(cfg).encode()
+m = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(c), "size": len(c)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blob(gz), "size": len(gz)}]}).encode()
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": blob(m), "size": len(m), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}, open(f"{p}/index.json", "w"))
+PY
+skopeo copy -q --dest-tls-verify=false "oci:$P:latest" "docker://$REG/hello:latest"
+set -x
+$B/overlaybd-convertor -r "$REG/hello" -i latest -o obd-rs --plain -d "$W/conv" --db-str "$W/dedup.redb"
+$B/ctr-obd -a "$W/ctrd/sock" rpull --plain-http "$REG/hello:obd-rs"
+ctr -a "$W/ctrd/sock" run --rm --snapshotter overlaybd "$REG/hello:obd-rs" hello2
+set +x
+ctr -a "$W/ctrd/sock" image rm "$REG/hello:obd-rs" >/dev/null
 kill $CPID; wait $CPID 2>/dev/null || true
-rmdir /sys/fs/cgroup/k8s.io /sys/fs/cgroup/*/k8s.io 2>/dev/null || true
+rmdir /sys/fs/cgroup/k8s.io /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/default /sys/fs/cgroup/*/default 2>/dev/null || true

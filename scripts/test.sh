@@ -10,7 +10,7 @@ scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTFLAGS="-D warnings" cargo test --workspace --locked
-cargo build --release --locked -p backstore -p overlaybd-snapshotter -p overlaybd-integration
+cargo build --release --locked -p backstore -p overlaybd-snapshotter -p overlaybd-integration -p overlaybd-convertor -p ctr-obd
 integration/vm/vm.sh integration/vm/guest/roundtrip.sh 1200 tcmu ublk
 integration/vm/vm.sh integration/vm/guest/crash.sh 1200 tcmu ublk
 integration/vm/vm.sh integration/vm/guest/containerd.sh 1200 tcmu ublk
