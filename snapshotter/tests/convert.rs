@@ -14,14 +14,6 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::Value;
 
-/// A binary of this workspace's build (`cargo test --workspace` builds them all).
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(p.exists(), "{} is missing: build the workspace (cargo build --workspace)", p.display());
-    p
-}
-
 fn convertor(args: &[&str]) -> Output {
     output(Command::new(workspace_bin("overlaybd-convertor")).args(args))
 }

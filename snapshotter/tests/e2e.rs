@@ -74,10 +74,6 @@ fn wait_for(secs: u64, mut ok: impl FnMut() -> bool, what: impl Fn() -> String) 
     }
 }
 
-fn insecure(reg: &Registry) -> String {
-    format!("[[mirrorRegistry]]\nhost = \"{}\"\ninsecure = true\n", reg.host)
-}
-
 #[test]
 fn a_plain_oci_image_runs_through_containerd() {
     require_real_parts();
