@@ -28,6 +28,8 @@ command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 # the snapshotter's gRPC service is generated from containerd's protos at build time
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+# the convertor's shared dedup store is tested against a MariaDB server the test starts
+[ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

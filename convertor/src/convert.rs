@@ -143,17 +143,24 @@ impl Convertor {
         MediaTypes { oci: self.opts.oci || self.opts.referrer }
     }
 
-    /// The build settings that make a blob what it is (the dedup store's key).
-    fn settings(&self) -> String {
-        let l = &self.opts.layer;
-        format!(
-            "obd-rs1 alg={} bs={} vsize={} oci={} referrer={}",
-            l.algorithm,
-            l.block_size_kib,
-            l.vsize_gb,
-            self.media_types().oci,
-            self.opts.referrer
-        )
+    /// The build settings that make a layer blob what it is, beside its content (part of the
+    /// dedup store's keys): empty for the defaults, which are the reference's.
+    fn layer_settings(&self) -> String {
+        let (l, d) = (&self.opts.layer, layer::Options::default());
+        if (&l.algorithm, l.block_size_kib, l.vsize_gb) == (&d.algorithm, d.block_size_kib, d.vsize_gb) {
+            return String::new();
+        }
+        format!("alg={} bs={} vsize={}", l.algorithm, l.block_size_kib, l.vsize_gb)
+    }
+
+    /// The same for a converted manifest (whose media type is stored beside it): the layer
+    /// settings and whether it points at its source.
+    fn manifest_settings(&self) -> String {
+        match (self.layer_settings(), self.opts.referrer) {
+            (l, false) => l,
+            (l, true) if l.is_empty() => "referrer".into(),
+            (l, true) => format!("{l} referrer"),
+        }
     }
 
     /// Converts the image at `input` (a tag, or a digest when `by_digest`) into `output_tag`;
@@ -275,8 +282,8 @@ impl Convertor {
         let mt = self.media_types();
         let host = self.reg.host().to_string();
         let repo = self.repo.repository().to_string();
-        let settings = self.settings();
-        if let Some(hit) = self.converted_manifest(&doc, &settings).await? {
+        let settings = self.layer_settings();
+        if let Some(hit) = self.converted_manifest(&doc, &self.manifest_settings()).await? {
             return Ok(hit);
         }
         let m: Value = serde_json::from_slice(&doc.bytes).map_err(|e| Error::Image(format!("the manifest: {e}")))?;
@@ -361,7 +368,7 @@ impl Convertor {
                                 reg.push_file(&at, &b2.file, &b2.digest, b2.size).await?;
                                 if let Some(s) = store {
                                     let e = Entry { repo, digest: b2.digest, size: b2.size, media_type: String::new() };
-                                    s.add_layer(&host, &chain, &settings, &e)?;
+                                    s.add_layer(&host, &chain, &settings, &e).await?;
                                 }
                                 Ok::<_, Error>(())
                             }));
@@ -419,7 +426,7 @@ impl Convertor {
                     size: converted.bytes.len() as u64,
                     media_type: converted.media_type.clone(),
                 };
-                s.add_manifest(&host, &doc.digest, &settings, &e)?;
+                s.add_manifest(&host, &doc.digest, &self.manifest_settings(), &e).await?;
             }
         }
         Ok(converted)
@@ -489,25 +496,25 @@ impl Convertor {
             return Ok(None);
         }
         let (host, repo) = (self.reg.host(), self.repo.repository());
-        for e in store.layers(host, chain, settings, repo)? {
+        for e in store.layers(host, chain, settings, repo).await? {
             let here = self.at(None, Some(&e.digest));
             if e.repo == repo {
                 if self.reg.has_blob(&here, &e.digest).await? {
                     debug!(chain, digest = %e.digest, "layer converted before");
                     return Ok(Some(e));
                 }
-                store.forget_layer(host, chain, settings, &e.repo)?;
+                store.forget_layer(host, chain, settings, &e.repo).await?;
                 continue;
             }
             let from = Reference::with_digest(host.to_string(), e.repo.clone(), e.digest.clone());
             if self.reg.mount_blob(&here, &from, &e.digest).await {
                 info!(chain, digest = %e.digest, from = %e.repo, "layer mounted from another repository");
                 let mine = Entry { repo: repo.to_string(), ..e };
-                store.add_layer(host, chain, settings, &mine)?;
+                store.add_layer(host, chain, settings, &mine).await?;
                 return Ok(Some(mine));
             }
             warn!(chain, digest = %e.digest, from = %e.repo, "could not mount a converted layer; forgetting it");
-            store.forget_layer(host, chain, settings, &e.repo)?;
+            store.forget_layer(host, chain, settings, &e.repo).await?;
         }
         Ok(None)
     }
@@ -519,8 +526,9 @@ impl Convertor {
             return Ok(None);
         }
         let (host, repo) = (self.reg.host(), self.repo.repository());
-        for e in store.manifests(host, &doc.digest, settings, repo)? {
-            if e.repo != repo {
+        let media_type = self.media_types().manifest();
+        for e in store.manifests(host, &doc.digest, settings, repo).await? {
+            if e.repo != repo || e.media_type != media_type {
                 continue;
             }
             match self.reg.document(&self.at(None, Some(&e.digest))).await {
@@ -530,7 +538,7 @@ impl Convertor {
                 }
                 Err(err) => {
                     debug!(%err, "a recorded conversion is gone");
-                    store.forget_manifest(host, &doc.digest, settings, &e.repo)?;
+                    store.forget_manifest(host, &doc.digest, settings, &e.repo).await?;
                 }
             }
         }

@@ -8,7 +8,7 @@ use clap::Parser;
 use convertor::convert::{Convertor, Options};
 use convertor::layer;
 use convertor::registry::{Access, Registry};
-use convertor::store::Store;
+use convertor::store::{Embedded, Shared, Store};
 
 /// Converts `REPO:INPUT` (or `REPO@DIGEST`) into the overlaybd image `REPO:OUTPUT`.
 #[derive(Parser, Debug)]
@@ -63,10 +63,11 @@ struct Args {
     /// ZFile block size in KiB (4 to 64).
     #[arg(long, default_value_t = 4)]
     bs: u32,
-    /// The dedup store: a redb file (default `$XDG_CACHE_HOME/overlaybd-convertor/dedup.redb`).
+    /// The dedup store: a redb file (default `$XDG_CACHE_HOME/overlaybd-convertor/dedup.redb`),
+    /// or with `--db-type mysql` a DSN (`user:pass@tcp(host:port)/db`, or a `mysql://` URL).
     #[arg(long = "db-str", default_value = "")]
     db_str: String,
-    /// `redb` (the default, embedded), `none` (no dedup); `mysql` is not supported.
+    /// `redb` (the default, embedded), `mysql` (shared by a fleet, the reference's tables), `none`.
     #[arg(long = "db-type", default_value = "")]
     db_type: String,
     /// Manifests converted at the same time (0: all).
@@ -145,14 +146,16 @@ fn run(a: Args) -> anyhow::Result<()> {
     }
     let access = Access { user: a.username.clone(), plain_http: a.plain, insecure: a.insecure, root_cas };
     let reg = Registry::new(&host, &access)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = match a.db_type.as_str() {
         "" | "redb" => {
             let p = if a.db_str.is_empty() { default_store() } else { PathBuf::from(&a.db_str) };
-            Some(Store::open(&p)?)
+            Some(Store::Embedded(Embedded::open(&p)?))
         }
+        "mysql" if a.db_str.is_empty() => bail!("--db-type mysql needs --db-str user:pass@tcp(host:port)/db"),
+        "mysql" => Some(Store::Shared(rt.block_on(Shared::open(&a.db_str))?)),
         "none" => None,
-        "mysql" => bail!("--db-type mysql is not supported; the embedded store (--db-type redb) is the default"),
-        t => bail!("--db-type {t}: unknown (redb or none)"),
+        t => bail!("--db-type {t}: unknown (redb, mysql or none)"),
     };
     let opts = Options {
         layer: layer::Options {
@@ -176,7 +179,6 @@ fn run(a: Args) -> anyhow::Result<()> {
         bail!("--bs {}: a power of two from 4 to 64 (KiB)", a.bs);
     }
     let conv = Convertor::new(reg, store, &a.repository, opts)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let out = rt.block_on(conv.convert(&input, by_digest, &output))?;
     println!("{}:{} {}", a.repository, output, out.digest);
     Ok(())

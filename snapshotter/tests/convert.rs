@@ -597,3 +597,139 @@ fn a_converted_image_rpulled_lazily_shows_what_the_original_shows() {
     drop(ctrd);
     drop(snap);
 }
+
+/// A private MariaDB server (Debian's `mariadbd`) on 127.0.0.1, any user let in, database `obd`.
+struct Mariadb {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    /// `root@tcp(127.0.0.1:PORT)/obd`, as the reference's `--db-str` takes it.
+    dsn: String,
+}
+
+impl Mariadb {
+    fn start() -> Mariadb {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let data = d.join("data");
+        run(Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--user=root"]));
+        let port = free_port();
+        let child = Command::new("/usr/sbin/mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", d.join("sock").display()))
+            .arg(format!("--pid-file={}", d.join("pid").display()))
+            .arg(format!("--log-error={}", d.join("err.log").display()))
+            .arg(format!("--port={port}"))
+            .args(["--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables"])
+            .spawn()
+            .expect("start mariadbd");
+        let m = Mariadb { child, dir, dsn: format!("root@tcp(127.0.0.1:{port})/obd") };
+        wait_until("mariadbd start", 60, || m.sql("SELECT 1").is_some());
+        m.sql("CREATE DATABASE obd").expect("create the database");
+        m
+    }
+
+    /// Runs SQL; its output (tab-separated, no headers), or None when it failed.
+    fn sql(&self, q: &str) -> Option<String> {
+        let o = output(
+            Command::new("mariadb")
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.dir.path().join("sock").display()))
+                .args(["-N", "-B", "-e", q]),
+        );
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_fleet_of_convertors_shares_conversions_through_the_reference_mysql_tables() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let db = Mariadb::start();
+    let (layout, _) = busybox_image(&t.path().join("bb"));
+    reg.push(&layout.dir, "latest", "test/bb");
+    reg.push(&layout.dir, "latest", "test/other");
+    // each member of the fleet with a work dir of its own, one database
+    let conv = |member: &str, repo: &str, extra: &[&str]| {
+        let w = t.path().join(member);
+        let r = format!("{}/{repo}", reg.host);
+        let mut a = vec!["-r", r.as_str(), "-i", "latest", "--plain", "-d", w.to_str().unwrap()];
+        a.extend_from_slice(&["--db-type", "mysql", "--db-str", &db.dsn]);
+        a.extend_from_slice(extra);
+        convertor(&a)
+    };
+    let first = conv("a", "test/bb", &["-o", "obd"]);
+    let d1 = digest_line(&first);
+    assert_eq!(text(&first).matches(" built ").count(), 2, "{}", text(&first));
+    // another member: the manifest converted before is re-tagged, nothing built
+    let second = conv("b", "test/bb", &["-o", "obd2"]);
+    assert_eq!(digest_line(&second), d1);
+    assert!(
+        text(&second).contains("manifest converted before") && !text(&second).contains(" built "),
+        "{}",
+        text(&second)
+    );
+    // another repository: the layers are mounted from the first
+    let third = conv("c", "test/other", &["-o", "obd"]);
+    assert_eq!(digest_line(&third), d1);
+    assert_eq!(text(&third).matches("layer mounted from another repository").count(), 2, "{}", text(&third));
+    check_converted(&reg, "test/other", &raw(&format!("{}/test/other:obd", reg.host)).unwrap(), false, t.path());
+    // the reference's tables, keyed as the reference keys them (default settings)
+    let layers = db.sql("SELECT repo, chain_id, data_digest FROM obd.overlaybd_layers ORDER BY repo").unwrap();
+    assert_eq!(layers.lines().count(), 4, "{layers}");
+    assert!(layers.lines().all(|l| l.split('\t').nth(1).is_some_and(|c| c.len() == 71)), "{layers}");
+    let manifests = db.sql("SELECT repo, out_digest, mediatype FROM obd.overlaybd_manifests ORDER BY repo").unwrap();
+    assert_eq!(manifests.lines().count(), 2, "{manifests}");
+    assert!(manifests.contains(&d1) && manifests.contains("application/vnd.docker.distribution.manifest.v2+json"));
+    // other settings are other blobs: built again, keyed apart
+    let zstd = conv("d", "test/bb", &["-o", "zstd", "--algorithm", "zstd"]);
+    assert_ne!(digest_line(&zstd), d1);
+    assert_eq!(text(&zstd).matches(" built ").count(), 2, "{}", text(&zstd));
+    assert_eq!(
+        db.sql("SELECT count(*) FROM obd.overlaybd_layers WHERE chain_id LIKE '%;alg=zstd%'").unwrap().trim(),
+        "2"
+    );
+    // a database that is not there: a clear error, nothing pushed
+    let dead = format!("root@tcp(127.0.0.1:{})/obd", free_port());
+    let w = t.path().join("e");
+    let r = format!("{}/test/bb", reg.host);
+    let o = convertor(&[
+        "-r",
+        &r,
+        "-i",
+        "latest",
+        "-o",
+        "nodb",
+        "--plain",
+        "-d",
+        w.to_str().unwrap(),
+        "--db-type",
+        "mysql",
+        "--db-str",
+        &dead,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("mysql 127.0.0.1") && text(&o).lines().count() < 4, "{}", text(&o));
+    assert!(raw(&format!("{r}:nodb")).is_none());
+}

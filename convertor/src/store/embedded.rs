@@ -1,18 +1,10 @@
-//! The deduplication store (`snapshotter.md` §10.5, embedded): which overlaybd blob a source
-//! layer stack was already converted to, per registry host and repository, and which converted
-//! manifest a source manifest became. A later conversion of an image sharing layers reuses the
-//! blobs (in the same repository, or mounted from another one on the same host) instead of
-//! building them again.
-//!
-//! Unlike the reference's MySQL tables, the keys include the build settings (compression, block
-//! size, virtual size, output media types): a layer converted with other settings is another
-//! blob. Entries are only hints: every hit is checked against the registry before it is used,
-//! and a hit the registry no longer has is forgotten.
+//! The embedded dedup store: one redb file on this machine (the default).
 
 use std::path::Path;
 
 use redb::{Database, TableDefinition};
 
+use super::Entry;
 use crate::error::{Error, Result};
 
 /// `host \0 chain id \0 settings \0 repo` → `digest size`.
@@ -20,21 +12,8 @@ const LAYERS: TableDefinition<&str, &str> = TableDefinition::new("layers");
 /// `host \0 source manifest digest \0 settings \0 repo` → `digest size media-type`.
 const MANIFESTS: TableDefinition<&str, &str> = TableDefinition::new("manifests");
 
-/// A converted blob or manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// The repository (without host) that has it.
-    pub repo: String,
-    /// Its digest.
-    pub digest: String,
-    /// Its size.
-    pub size: u64,
-    /// Its media type (manifests only; empty for layers).
-    pub media_type: String,
-}
-
 /// The store, in one redb file.
-pub struct Store {
+pub struct Embedded {
     db: Database,
     path: String,
 }
@@ -50,15 +29,15 @@ fn parse(repo: &str, v: &str) -> Option<Entry> {
     Some(Entry { repo: repo.to_string(), digest, size, media_type: f.next().unwrap_or("").to_string() })
 }
 
-impl Store {
+impl Embedded {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<Embedded> {
         let fail = |e: &dyn std::fmt::Display| Error::Store(format!("{}: {e}", path.display()));
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| fail(&e))?;
         }
         let db = Database::create(path).map_err(|e| fail(&e))?;
-        let s = Store { db, path: path.display().to_string() };
+        let s = Embedded { db, path: path.display().to_string() };
         let tx = s.db.begin_write().map_err(|e| s.fail(e))?;
         tx.open_table(LAYERS).map_err(|e| s.fail(e))?;
         tx.open_table(MANIFESTS).map_err(|e| s.fail(e))?;
@@ -98,12 +77,9 @@ impl Store {
         tx.commit().map_err(|e| self.fail(e))
     }
 
-    /// The blobs the layer stack `chain_id` was converted to with `settings` on `host`, the
-    /// ones in `repo` first.
-    pub fn layers(&self, host: &str, chain_id: &str, settings: &str, repo: &str) -> Result<Vec<Entry>> {
-        let mut v = self.lookup(LAYERS, host, chain_id, settings)?;
-        v.sort_by_key(|e| e.repo != repo);
-        Ok(v)
+    /// The blobs the layer stack `chain_id` was converted to with `settings` on `host`.
+    pub fn layers(&self, host: &str, chain_id: &str, settings: &str) -> Result<Vec<Entry>> {
+        self.lookup(LAYERS, host, chain_id, settings)
     }
 
     /// Records that `repo` on `host` has the conversion of `chain_id`.
@@ -117,11 +93,9 @@ impl Store {
     }
 
     /// The manifests the source manifest `src_digest` was converted to with `settings` on
-    /// `host`, the one in `repo` first.
-    pub fn manifests(&self, host: &str, src_digest: &str, settings: &str, repo: &str) -> Result<Vec<Entry>> {
-        let mut v = self.lookup(MANIFESTS, host, src_digest, settings)?;
-        v.sort_by_key(|e| e.repo != repo);
-        Ok(v)
+    /// `host`.
+    pub fn manifests(&self, host: &str, src_digest: &str, settings: &str) -> Result<Vec<Entry>> {
+        self.lookup(MANIFESTS, host, src_digest, settings)
     }
 
     /// Records a converted manifest.
@@ -141,9 +115,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_are_found_by_host_chain_and_settings_with_the_own_repo_first() {
+    fn entries_are_found_by_host_chain_and_settings() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("x/dedup.redb")).unwrap();
+        let s = Embedded::open(&d.path().join("x/dedup.redb")).unwrap();
         let e = |repo: &str, n: u64| Entry {
             repo: repo.into(),
             digest: format!("sha256:{n}"),
@@ -155,15 +129,15 @@ mod tests {
         s.add_layer("h", "sha256:c1", "zstd", &e("b", 3)).unwrap();
         s.add_layer("h", "sha256:c10", "lz4", &e("b", 4)).unwrap();
         s.add_layer("other", "sha256:c1", "lz4", &e("b", 5)).unwrap();
-        assert_eq!(s.layers("h", "sha256:c1", "lz4", "b").unwrap(), vec![e("b", 2), e("a/one", 1)]);
-        assert_eq!(s.layers("h", "sha256:c1", "zstd", "a/one").unwrap(), vec![e("b", 3)]);
+        assert_eq!(s.layers("h", "sha256:c1", "lz4").unwrap(), vec![e("a/one", 1), e("b", 2)]);
+        assert_eq!(s.layers("h", "sha256:c1", "zstd").unwrap(), vec![e("b", 3)]);
         s.forget_layer("h", "sha256:c1", "lz4", "b").unwrap();
-        assert_eq!(s.layers("h", "sha256:c1", "lz4", "b").unwrap(), vec![e("a/one", 1)]);
+        assert_eq!(s.layers("h", "sha256:c1", "lz4").unwrap(), vec![e("a/one", 1)]);
         let m = Entry { media_type: "application/vnd.oci.image.manifest.v1+json".into(), ..e("b", 9) };
         s.add_manifest("h", "sha256:m", "lz4", &m).unwrap();
         drop(s);
-        let s = Store::open(&d.path().join("x/dedup.redb")).unwrap();
-        assert_eq!(s.manifests("h", "sha256:m", "lz4", "a").unwrap(), vec![m]);
-        assert!(s.manifests("h", "sha256:m", "zstd", "a").unwrap().is_empty());
+        let s = Embedded::open(&d.path().join("x/dedup.redb")).unwrap();
+        assert_eq!(s.manifests("h", "sha256:m", "lz4").unwrap(), vec![m]);
+        assert!(s.manifests("h", "sha256:m", "zstd").unwrap().is_empty());
     }
 }
