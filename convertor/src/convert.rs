@@ -323,13 +323,17 @@ impl Convertor {
         let chains = chain_ids(&diff_ids);
 
         // dedup first: layers already converted (here, or on another repository of this host)
+        // (a stack this run has already built or found needs no lookup)
         let mut known = Vec::new();
         for chain in &chains {
-            known.push(self.layer_cell(chain).initialized() || self.converted_layer(chain, &settings).await?.is_some());
+            known.push(match self.layer_cell(chain).initialized() {
+                true => None,
+                false => self.converted_layer(chain, &settings).await?,
+            });
         }
         // source downloads of the layers to build, ahead of the builds
         for (i, chain) in chains.iter().enumerate() {
-            if !known[i] {
+            if known[i].is_none() && !self.layer_cell(chain).initialized() {
                 // started now, awaited by the build
                 drop(self.source(chain, &sources[i].0, sources[i].1));
             }
@@ -346,7 +350,7 @@ impl Convertor {
                 }
                 self.layer_cell(chain)
                     .get_or_try_init(|| async {
-                        if let Some(e) = self.converted_layer(chain, &settings).await? {
+                        if let Some(e) = known[i].clone() {
                             let file = self.layer_dir(chain).join("overlaybd.commit");
                             return Ok(Built { file, digest: e.digest, size: e.size });
                         }

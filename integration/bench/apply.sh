@@ -23,19 +23,6 @@ trap cleanup EXIT
 make_layers "$W" "$BASE_MB"
 
 mbps() { python3 -c "import sys; print(f'{$1 / 1e6 / $2:.1f}')"; }
-ceiling() { # tar -x onto ext4 on a loop device, synced
-  truncate -s 64G "$W/raw.img"
-  mkfs.ext4 -q -F "$W/raw.img"
-  mkdir -p "$W/mnt" && mount -o loop "$W/raw.img" "$W/mnt"
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  local s=$(date +%s.%N)
-  tar -xf "$1" -C "$W/mnt"
-  sync -f "$W/mnt"
-  umount "$W/mnt"
-  local e=$(date +%s.%N)
-  rm -f "$W/raw.img"
-  python3 -c "print($e - $s)"
-}
 ours() { # apply + commit in user space
   rm -f "$W/d" "$W/i" "$W/out.tar"
   $B/overlaybd-create -s "$W/d" "$W/i" 64 --mkfs
@@ -50,10 +37,9 @@ ours() { # apply + commit in user space
 }
 echo "base layer: $(wc -l < "$W/list") entries"
 printf '%-8s %10s %14s %14s %8s\n' layer "tar MB" "ceiling MB/s" "ours MB/s" ratio
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for l in base sparse; do
   size=$(stat -c %s "$W/$l.tar")
-  tc=$(for r in $(seq $REPS); do ceiling "$W/$l.tar"; done | median)
+  tc=$(for r in $(seq $REPS); do ceiling "$W" -xf "$W/$l.tar"; done | median)
   to=$(for r in $(seq $REPS); do ours "$W/$l.tar"; done | median)
   printf '%-8s %10.1f %14s %14s %8s\n' $l "$(python3 -c "print($size/1e6)")" "$(mbps $size $tc)" "$(mbps $size $to)" \
     "$(python3 -c "print(f'{$tc / $to:.2f}')")"

@@ -1,4 +1,4 @@
-# Test layers shared by the benchmarks, made from this machine's files (sourced).
+# Test layers and measures shared by the benchmarks (sourced).
 #
 # make_layers DIR BASE_MB writes DIR/base.tar and DIR/sparse.tar. The base layer is a sample of
 # this machine's /usr, /etc and /var/lib/dpkg with the file-size mix of a distribution base layer
@@ -46,3 +46,23 @@ PY
 tar -cf "$1/sparse.tar" -C "$1" sparse
 rm -rf "$1/sparse"
 }
+
+# ceiling W TAR_ARGS...: seconds to unpack with `tar TAR_ARGS... -C mnt` onto a fresh ext4 on a
+# loop device in W, synced and unmounted, from a cold page cache (needs root).
+ceiling() {
+  local w=$1; shift
+  truncate -s 64G "$w/raw.img"
+  mkfs.ext4 -q -F "$w/raw.img"
+  mkdir -p "$w/mnt" && mount -o loop "$w/raw.img" "$w/mnt"
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  local s=$(date +%s.%N)
+  tar "$@" -C "$w/mnt"
+  sync -f "$w/mnt"
+  umount "$w/mnt"
+  local e=$(date +%s.%N)
+  rm -f "$w/raw.img"
+  python3 -c "print($e - $s)"
+}
+
+# median: the median of the numbers on stdin, one per line.
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
