@@ -1,7 +1,8 @@
 //! Opening a device from its per-device `config.v1.json` (spec §8): the lower layers through a
-//! [`LayerSource`], the optional writable upper, and the `resultFile` report.
+//! [`LayerSource`], the optional writable upper, the trace (`recordTracePath`, or an
+//! acceleration layer's `trace`: see [`crate::trace`]) and the `resultFile` report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use config::{DeviceConfig, LowerLayer};
@@ -18,6 +19,11 @@ use crate::{Error, Result};
 pub trait LayerSource: Send + Sync {
     /// The blob of `layer` (lower number `index` of `cfg`), in any wrapping.
     fn open(&self, cfg: &DeviceConfig, index: usize, layer: &LowerLayer) -> Result<Arc<dyn ReadAt>>;
+
+    /// Worker threads of a trace prefetch (the global `prefetchConfig.concurrency`).
+    fn prefetch_concurrency(&self) -> usize {
+        crate::trace::DEFAULT_CONCURRENCY
+    }
 }
 
 /// Lower layers from local files only: `file`, or `dir/overlaybd.commit`, `dir/.commit`,
@@ -45,6 +51,10 @@ impl LayerSource for LocalSource {
 }
 
 /// Opens the stack a config describes, with ZFile block CRCs verified on every read.
+///
+/// `accelerationLayer`: the last lower is not a layer; `<its dir>/trace` is replayed if it
+/// is there. `recordTracePath`: an empty file records the lowers' reads, a trace is replayed,
+/// other content is a priority list. A trace that cannot be used is logged and ignored.
 pub fn open_config(cfg: &DeviceConfig, source: &dyn LayerSource) -> Result<Stack> {
     if cfg.acceleration_layer && !cfg.record_trace_path.is_empty() {
         return Err(Error::InvalidArgument("accelerationLayer and recordTracePath cannot be combined".into()));
@@ -52,13 +62,30 @@ pub fn open_config(cfg: &DeviceConfig, source: &dyn LayerSource) -> Result<Stack
     if !cfg.upper.target.is_empty() || !cfg.upper.gzip_index.is_empty() {
         return Err(Error::InvalidArgument("turboOCI upper layers are not supported".into()));
     }
-    let lowers = open_lowers(cfg, source)?;
+    let mut layers_cfg = cfg.clone();
+    let mut trace: Option<(PathBuf, bool)> =
+        (!cfg.record_trace_path.is_empty()).then(|| (PathBuf::from(&cfg.record_trace_path), true));
+    if cfg.acceleration_layer {
+        let Some(accel) = layers_cfg.lowers.pop() else {
+            return Err(Error::InvalidArgument("accelerationLayer is set but there are no lowers".into()));
+        };
+        if accel.dir.is_empty() {
+            tracing::warn!("the acceleration layer has no dir: no trace to replay");
+        } else {
+            trace = Some((Path::new(&accel.dir).join("trace"), false));
+        }
+    }
+    let lowers = open_lowers(&layers_cfg, source)?;
     let upper = if cfg.upper.is_empty() {
         None
     } else {
         Some(WritableLayer::open(Path::new(&cfg.upper.data), Path::new(&cfg.upper.index), true, Recovery::RollBack)?)
     };
-    Stack::new(lowers, upper)
+    let mut stack = Stack::new(lowers, upper)?;
+    if let Some((path, record_allowed)) = trace {
+        crate::trace::attach(&mut stack, &path, record_allowed, source.prefetch_concurrency());
+    }
+    Ok(stack)
 }
 
 /// Opens the lowers, several at a time (opening a remote layer is mostly waiting).

@@ -127,6 +127,90 @@ pub enum Error {
     /// A caller-supplied argument is invalid.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A trace file (`recordTracePath`, an acceleration layer's `trace`) is unusable.
+    #[error("{file}: not a usable trace: {problem}")]
+    Trace {
+        /// The trace file.
+        file: String,
+        /// What is wrong with it.
+        problem: TraceProblem,
+    },
+}
+
+/// What is wrong with a trace file (spec §11).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceProblem {
+    /// The first 4 bytes are not the trace magic.
+    #[error("bad magic {found:#010x} (expected {expected:#010x})")]
+    BadMagic {
+        /// The magic found.
+        found: u32,
+        /// The trace magic.
+        expected: u32,
+    },
+    /// The header's data size is not a whole number of 24-byte records.
+    #[error("data size {data_size} in the header is not a multiple of the 24-byte record size")]
+    DataSize {
+        /// The header's data size.
+        data_size: u64,
+    },
+    /// The file is shorter than its header says.
+    #[error("truncated: the header and {data_size} bytes of records need {needed} bytes, the file has {have}")]
+    Truncated {
+        /// The header's data size.
+        data_size: u64,
+        /// Bytes the header promises (header included).
+        needed: u64,
+        /// Bytes present.
+        have: u64,
+    },
+    /// The records do not match the header's checksum.
+    #[error("checksum mismatch: the records have CRC32C {computed:#010x}, the header says {stored:#010x}")]
+    Checksum {
+        /// The checksum in the header.
+        stored: u32,
+        /// The checksum of the records read.
+        computed: u32,
+    },
+    /// A record's operation byte is neither `R` nor `W`.
+    #[error("record {record} has operation byte {op:#04x} (expected 'R' or 'W')")]
+    BadOp {
+        /// Record number.
+        record: usize,
+        /// The byte found.
+        op: u8,
+    },
+    /// A record names a layer the stack does not have (the trace of another image?).
+    #[error(
+        "record {record} names layer {layer}, but the stack has {layers} lower layers (the trace of another image?)"
+    )]
+    LayerOutOfRange {
+        /// Record number.
+        record: usize,
+        /// Layer index in the record.
+        layer: u32,
+        /// Number of lowers in the stack.
+        layers: usize,
+    },
+    /// A record's range is not inside its layer's data area.
+    #[error(
+        "record {record} reads bytes {offset}..{end} of layer {layer}, outside its data area {start}..{limit} \
+         (the trace of another image?)"
+    )]
+    OutsideDataArea {
+        /// Record number.
+        record: usize,
+        /// Layer index.
+        layer: u32,
+        /// First byte.
+        offset: u64,
+        /// One past the last byte (saturated).
+        end: u64,
+        /// First byte of the data area.
+        start: u64,
+        /// One past the last byte of the data area.
+        limit: u64,
+    },
 }
 
 impl Error {

@@ -22,6 +22,7 @@ pub mod remote;
 pub mod stack;
 pub mod tar;
 pub mod tools;
+pub mod trace;
 pub mod uuid;
 pub mod wrap;
 pub mod zfile;

@@ -7,13 +7,15 @@
 //! consulted first on every read.
 
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::block::BlockDevice;
 use crate::detect::open_layer_file;
 use crate::lsmt::index::{merge_layers, Piece, SortedIndex};
 use crate::lsmt::writable::{Kind, Recovery};
 use crate::lsmt::{CommittedLayer, Segment, WritableLayer};
+use crate::trace::gate::Gate;
+use crate::trace::{PrefetchProgress, PrefetchStats, Prefetcher, Recorder};
 use crate::{Error, Result, SECTOR};
 
 /// A stack of layers.
@@ -25,6 +27,12 @@ pub struct Stack {
     /// Partial-block writes to a sparse upper are read-modify-write: they hold this exclusively,
     /// other writes hold it shared.
     rmw: RwLock<()>,
+    /// Counts on-demand lower reads in flight while a prefetch runs.
+    gate: Arc<Gate>,
+    /// The running prefetch (trace replay), cancelled and joined on drop.
+    prefetch: Option<Prefetcher>,
+    /// The trace being recorded, dumped on drop.
+    recorder: Option<Recorder>,
 }
 
 impl Stack {
@@ -49,7 +57,16 @@ impl Stack {
             }
             None => lower_size,
         };
-        Ok(Stack { lowers, merged, upper, size, rmw: RwLock::new(()) })
+        Ok(Stack {
+            lowers,
+            merged,
+            upper,
+            size,
+            rmw: RwLock::new(()),
+            gate: Arc::default(),
+            prefetch: None,
+            recorder: None,
+        })
     }
 
     /// Opens local layer files (any wrapping) and an optional writable layer (data, index).
@@ -75,8 +92,40 @@ impl Stack {
     }
 
     /// Takes the writable layer out (to seal or commit it).
-    pub fn into_upper(self) -> Option<WritableLayer> {
-        self.upper
+    pub fn into_upper(mut self) -> Option<WritableLayer> {
+        self.upper.take()
+    }
+
+    /// Records the lowers' reads into `r` from now on (record mode); `r` dumps the trace when
+    /// the stack is dropped.
+    pub fn set_recorder(&mut self, r: Recorder) {
+        self.recorder = Some(r);
+    }
+
+    /// The recording, if the stack records its reads.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.recorder.as_ref()
+    }
+
+    /// Runs `p` while the stack lives: its workers yield to on-demand reads and are cancelled
+    /// and joined when the stack is dropped (or another prefetch replaces it).
+    pub fn set_prefetcher(&mut self, p: Prefetcher) {
+        self.prefetch = Some(p);
+    }
+
+    /// The counter of on-demand lower reads that prefetch workers yield to.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// What the prefetch has done, if one was started.
+    pub fn prefetch_stats(&self) -> Option<PrefetchStats> {
+        self.prefetch.as_ref().map(|p| p.progress().stats())
+    }
+
+    /// The prefetch's live counters (they stay readable after the stack is dropped).
+    pub fn prefetch_progress(&self) -> Option<Arc<PrefetchProgress>> {
+        self.prefetch.as_ref().map(|p| p.progress().clone())
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<()> {
@@ -92,9 +141,13 @@ impl Stack {
     /// Reads sectors `start..` of the lowers into `buf`.
     fn read_lowers(&self, buf: &mut [u8], start: u64) -> Result<()> {
         let end = start + buf.len() as u64 / SECTOR;
+        let _foreground = self.prefetch.as_ref().map(|_| self.gate.enter());
         self.merged.for_each_piece(start, end, |p| match p {
             Piece::Mapped(s) => {
                 let out = &mut buf[((s.offset - start) * SECTOR) as usize..((s.end() - start) * SECTOR) as usize];
+                if let (Some(r), false) = (&self.recorder, s.zeroed) {
+                    r.record(s.tag as u32, s.moffset * SECTOR, s.length as u64 * SECTOR);
+                }
                 self.lowers[s.tag as usize].read_segment(&s, out)
             }
             Piece::Hole { start: s, end: e } => {
@@ -114,6 +167,14 @@ impl Stack {
             Ok::<_, ()>(())
         });
         found
+    }
+}
+
+impl Drop for Stack {
+    /// The prefetch stops (its workers joined) before the recording is dumped.
+    fn drop(&mut self) {
+        drop(self.prefetch.take());
+        drop(self.recorder.take());
     }
 }
 

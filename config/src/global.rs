@@ -142,6 +142,20 @@ impl Default for ExporterConfig {
     }
 }
 
+/// Trace-based prefetch (replay of a recorded trace or a priority list).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PrefetchConfig {
+    /// Reader threads of one device's prefetch.
+    pub concurrency: i64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig { concurrency: 16 }
+    }
+}
+
 /// The global settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -175,6 +189,8 @@ pub struct GlobalConfig {
     pub p2p_config: P2pConfig,
     /// Metrics.
     pub exporter_config: ExporterConfig,
+    /// Trace-based prefetch.
+    pub prefetch_config: PrefetchConfig,
     /// Registry mirrors tried before the registry itself (this implementation's addition):
     /// each replaces the scheme and host of a blob URL.
     pub mirrors: Vec<String>,
@@ -199,6 +215,7 @@ impl Default for GlobalConfig {
             audit_path: "/var/log/overlaybd-audit.log".into(),
             p2p_config: P2pConfig::default(),
             exporter_config: ExporterConfig::default(),
+            prefetch_config: PrefetchConfig::default(),
             mirrors: Vec::new(),
             user_agent: String::new(),
         }
@@ -310,6 +327,7 @@ mod tests {
         assert_eq!(g.credentials(), ("file".into(), "/opt/overlaybd/cred.json".into()));
         assert_eq!((g.download.delay, g.download.delay_extra, g.download.max_mbps), (300, 30, 100));
         assert_eq!(g.p2p_config.address, "http://localhost:9731/accelerator");
+        assert_eq!(g.prefetch_config.concurrency, 16);
     }
 
     #[test]
@@ -317,7 +335,7 @@ mod tests {
         let json = r#"{"cacheConfig":{"cacheType":"file","cacheDir":"/c","cacheSizeGB":2},
             "credentialConfig":{"mode":"https","path":"https://cred","client_cert_path":"/cert"},
             "download":{"enable":true,"maxMBps":7},"p2pConfig":{"enable":true,"address":"http://p2p"},
-            "unknownKey":1}"#;
+            "prefetchConfig":{"concurrency":4},"unknownKey":1}"#;
         let toml = r#"
             [cacheConfig]
             cacheType = "file"
@@ -333,6 +351,8 @@ mod tests {
             [p2pConfig]
             enable = true
             address = "http://p2p"
+            [prefetchConfig]
+            concurrency = 4
         "#;
         let a: GlobalConfig = serde_json::from_str(json).unwrap();
         let b = GlobalConfig::from_toml(toml).unwrap();

@@ -21,12 +21,19 @@ pub struct RemoteSource {
     client: Arc<RegistryClient>,
     cache: Option<Arc<BlobCache>>,
     download: Option<DownloadOptions>,
+    prefetch_concurrency: usize,
 }
 
 impl RemoteSource {
     /// A source with `client` and an optional `cache`.
     pub fn new(client: Arc<RegistryClient>, cache: Option<Arc<BlobCache>>) -> Self {
-        RemoteSource { client, cache, download: None }
+        RemoteSource { client, cache, download: None, prefetch_concurrency: crate::trace::DEFAULT_CONCURRENCY }
+    }
+
+    /// Prefetches traces with `n` worker threads (at least 1).
+    pub fn with_prefetch_concurrency(mut self, n: usize) -> Self {
+        self.prefetch_concurrency = n.max(1);
+        self
     }
 
     /// Downloads whole blobs in the background (into each lower's `dir`) with `opts`.
@@ -85,7 +92,8 @@ impl RemoteSource {
             }
         };
         let download = g.download.enable.then(|| DownloadOptions::from_config(&g.download));
-        Ok(RemoteSource { client, cache, download })
+        let prefetch_concurrency = g.prefetch_config.concurrency.clamp(1, 256) as usize;
+        Ok(RemoteSource { client, cache, download, prefetch_concurrency })
     }
 }
 
@@ -111,9 +119,15 @@ impl LayerSource for RemoteSource {
                 .and_then(|d| d.enable.then(|| DownloadOptions::from_config(&d))),
             None => self.download.clone(),
         };
-        if let (Some(o), false) = (opts, layer.dir.is_empty()) {
+        // No background download while a trace is recorded (as the reference does).
+        let recording = crate::trace::is_record_path(&cfg.record_trace_path);
+        if let (Some(o), false, false) = (opts, layer.dir.is_empty(), recording) {
             download::spawn(&blob, std::path::PathBuf::from(&layer.dir), o);
         }
         Ok(blob)
+    }
+
+    fn prefetch_concurrency(&self) -> usize {
+        self.prefetch_concurrency
     }
 }

@@ -1,0 +1,290 @@
+//! The prefetch workers: N threads read the planned [`Job`]s, in order, through the lowers'
+//! sources (ZFile, remote blob, chunk cache), so that the device's later reads find the bytes
+//! cached. The bytes read are dropped: prefetch only warms caches, it never changes what the
+//! device reads. Workers wait while on-demand reads are in flight ([`Gate`]), and stop after
+//! their current read when the prefetch is cancelled (the stack is dropped); cancelling joins
+//! them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::gate::Gate;
+use super::plan::Job;
+use crate::io::ReadAt;
+
+/// The name prefix of the worker threads.
+pub const THREAD_PREFIX: &str = "obd-prefetch";
+
+/// What a prefetch has done so far (shared with the workers, readable after the stack is gone).
+#[derive(Debug, Default)]
+pub struct PrefetchProgress {
+    /// Records of the trace (or ranges of the priority list) to prefetch.
+    pub records_total: usize,
+    /// Reads planned.
+    pub reads_total: usize,
+    records_done: AtomicUsize,
+    reads_done: AtomicUsize,
+    reads_failed: AtomicUsize,
+    bytes: AtomicU64,
+    yields: AtomicU64,
+    cancelled: AtomicBool,
+    finished: AtomicBool,
+}
+
+/// A snapshot of [`PrefetchProgress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// Records to prefetch.
+    pub records_total: usize,
+    /// Records whose reads are done.
+    pub records_done: usize,
+    /// Reads planned.
+    pub reads_total: usize,
+    /// Reads done (failed ones included).
+    pub reads_done: usize,
+    /// Reads that failed (logged; the device reads those bytes on demand).
+    pub reads_failed: usize,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Times a worker waited for on-demand reads before its next read.
+    pub yields: u64,
+    /// Stopped before the end because the device closed.
+    pub cancelled: bool,
+    /// Every worker has exited.
+    pub finished: bool,
+}
+
+impl PrefetchProgress {
+    /// The counters now.
+    pub fn stats(&self) -> PrefetchStats {
+        PrefetchStats {
+            records_total: self.records_total,
+            records_done: self.records_done.load(Ordering::Acquire),
+            reads_total: self.reads_total,
+            reads_done: self.reads_done.load(Ordering::Acquire),
+            reads_failed: self.reads_failed.load(Ordering::Acquire),
+            bytes: self.bytes.load(Ordering::Acquire),
+            yields: self.yields.load(Ordering::Acquire),
+            cancelled: self.cancelled.load(Ordering::Acquire),
+            finished: self.finished.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits up to `limit` for the workers to finish; true if they did.
+    pub fn wait_finished(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while !self.finished.load(Ordering::Acquire) {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+}
+
+struct Shared {
+    jobs: Vec<Job>,
+    sources: Vec<Arc<dyn ReadAt>>,
+    next: AtomicUsize,
+    running: AtomicUsize,
+    cancel: AtomicBool,
+    gate: Arc<Gate>,
+    progress: Arc<PrefetchProgress>,
+    what: String,
+    started: Instant,
+}
+
+/// A running prefetch. Dropping it cancels and joins the workers.
+pub struct Prefetcher {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    /// Starts `concurrency` workers (at least 1, at most one per job) reading `jobs` through
+    /// `sources` (one per lower, by layer number); they yield to reads counted by `gate`.
+    /// `what` names the trace in logs.
+    pub fn start(
+        what: &str,
+        jobs: Vec<Job>,
+        records_total: usize,
+        sources: Vec<Arc<dyn ReadAt>>,
+        gate: Arc<Gate>,
+        concurrency: usize,
+    ) -> Prefetcher {
+        let progress = Arc::new(PrefetchProgress { records_total, reads_total: jobs.len(), ..Default::default() });
+        let n = concurrency.clamp(1, jobs.len().max(1));
+        let shared = Arc::new(Shared {
+            jobs,
+            sources,
+            next: AtomicUsize::new(0),
+            running: AtomicUsize::new(n),
+            cancel: AtomicBool::new(false),
+            gate,
+            progress,
+            what: what.to_string(),
+            started: Instant::now(),
+        });
+        tracing::info!(
+            trace = what,
+            records = records_total,
+            reads = shared.jobs.len(),
+            workers = n,
+            "prefetch started"
+        );
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let s = shared.clone();
+            match std::thread::Builder::new().name(format!("{THREAD_PREFIX}-{i}")).spawn(move || work(&s)) {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a prefetch worker");
+                    if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        shared.progress.finished.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+        Prefetcher { shared, workers }
+    }
+
+    /// The progress counters.
+    pub fn progress(&self) -> &Arc<PrefetchProgress> {
+        &self.shared.progress
+    }
+
+    /// Stops the workers after their current read and joins them.
+    pub fn cancel(&mut self) {
+        let s = &self.shared;
+        if !s.progress.finished.load(Ordering::Acquire) {
+            s.cancel.store(true, Ordering::Release);
+            s.gate.wake_all();
+        }
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+fn work(s: &Shared) {
+    let mut buf = Vec::new();
+    loop {
+        if s.cancel.load(Ordering::Acquire) {
+            break;
+        }
+        if s.gate.wait_idle(&s.cancel) {
+            s.progress.yields.fetch_add(1, Ordering::Relaxed);
+            if s.cancel.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let i = s.next.fetch_add(1, Ordering::AcqRel);
+        let Some(job) = s.jobs.get(i) else { break };
+        let Some(src) = s.sources.get(job.layer) else { continue };
+        buf.resize(job.len as usize, 0);
+        match read_fully(src.as_ref(), &mut buf, job.offset) {
+            Ok(n) => {
+                s.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                s.progress.reads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(trace = %s.what, layer = job.layer, offset = job.offset, len = job.len, error = %e,
+                    "a prefetch read failed (the device reads those bytes on demand)");
+            }
+        }
+        s.progress.records_done.fetch_add(job.records, Ordering::AcqRel);
+        s.progress.reads_done.fetch_add(1, Ordering::AcqRel);
+    }
+    if s.cancel.load(Ordering::Acquire) {
+        s.progress.cancelled.store(true, Ordering::Release);
+    }
+    if s.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let st = s.progress.stats();
+        tracing::info!(trace = %s.what, records = st.records_done, of = st.records_total, bytes = st.bytes,
+            failed = st.reads_failed, cancelled = st.cancelled, secs = s.started.elapsed().as_secs_f64(), "prefetch ended");
+        s.progress.finished.store(true, Ordering::Release);
+    }
+}
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+fn read_fully(src: &dyn ReadAt, buf: &mut [u8], offset: u64) -> crate::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = src.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A source that logs its reads and can be slow.
+    struct Logged {
+        reads: Mutex<Vec<(u64, usize)>>,
+        delay: Duration,
+    }
+
+    impl ReadAt for Logged {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<usize> {
+            std::thread::sleep(self.delay);
+            self.reads.lock().unwrap().push((offset, buf.len()));
+            buf.fill(7);
+            Ok(buf.len())
+        }
+        fn size(&self) -> u64 {
+            1 << 40
+        }
+        fn name(&self) -> &str {
+            "logged"
+        }
+    }
+
+    fn jobs(n: u64) -> Vec<Job> {
+        (0..n).map(|i| Job { layer: 0, offset: 4096 * (i + 1), len: 4096, records: 1 }).collect()
+    }
+
+    #[test]
+    fn one_worker_reads_in_recorded_order() {
+        let src = Arc::new(Logged { reads: Mutex::new(Vec::new()), delay: Duration::ZERO });
+        let p = Prefetcher::start("t", jobs(50), 50, vec![src.clone()], Arc::default(), 1);
+        assert!(p.progress().wait_finished(Duration::from_secs(30)));
+        let st = p.progress().stats();
+        assert_eq!((st.records_done, st.reads_done, st.bytes, st.cancelled), (50, 50, 50 * 4096, false));
+        let got: Vec<u64> = src.reads.lock().unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(got, (1..=50).map(|i| i * 4096).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn waits_for_foreground_reads_and_stops_when_cancelled() {
+        let src = Arc::new(Logged { reads: Mutex::new(Vec::new()), delay: Duration::from_millis(20) });
+        let gate = Arc::new(Gate::default());
+        let fg = gate.enter();
+        let mut p = Prefetcher::start("t", jobs(10_000), 10_000, vec![src.clone()], gate.clone(), 4);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(src.reads.lock().unwrap().is_empty(), "read while an on-demand read was in flight");
+        drop(fg);
+        while src.reads.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let progress = p.progress().clone();
+        p.cancel();
+        let st = progress.stats();
+        assert!(st.cancelled && st.finished && st.records_done < 10_000, "{st:?}");
+        assert!(st.yields >= 1);
+    }
+}
