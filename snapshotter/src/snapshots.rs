@@ -385,7 +385,7 @@ impl Snapshots {
             }
             if storage.is_block() {
                 if let Some(p) = parent {
-                    self.update_trace_settings(p, (wt != RwMode::Overlayfs).then_some(id))?;
+                    self.update_trace_settings(p, rec, (wt != RwMode::Overlayfs).then_some(id))?;
                 }
                 // the device is the rootfs's own when it is writable, else the image top's
                 let (owner, fs) = match parent {
@@ -411,11 +411,14 @@ impl Snapshots {
 
     /// `updateSpec`: trace recording or an acceleration layer, written into the image top's
     /// config before its device is attached (and into the rootfs's own when it has a device).
-    fn update_trace_settings(&self, parent: &Record, own: Option<u64>) -> Result<()> {
+    /// The acceleration label is the image top's (`parent`); the record-trace labels are the
+    /// rootfs's own (`rootfs`: `ctr run --snapshotter-label`, `ctr-obd record-trace`).
+    fn update_trace_settings(&self, parent: &Record, rootfs: &Record, own: Option<u64>) -> Result<()> {
+        let path = rootfs.label(L::RECORD_TRACE_PATH).unwrap_or_default();
         let (accel, trace) = if parent.label(L::ACCELERATION_LAYER) == Some("yes") {
             (true, String::new())
-        } else if parent.label(L::RECORD_TRACE) == Some("yes") {
-            (false, parent.label(L::RECORD_TRACE_PATH).unwrap_or_default().to_string())
+        } else if rootfs.label(L::RECORD_TRACE) == Some("yes") && !path.is_empty() {
+            (false, path.to_string())
         } else {
             (false, String::new())
         };
