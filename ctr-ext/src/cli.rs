@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// `ctr-obd`: ctr extensions for overlaybd images.
 #[derive(Debug, Parser)]
-#[command(name = "ctr-obd", version, about = "ctr extensions for overlaybd images (rpull, obdconv)")]
+#[command(name = "ctr-obd", version, about = "ctr extensions for overlaybd images (rpull, obdconv, record-trace)")]
 pub struct Cli {
     /// containerd's gRPC socket.
     #[arg(
@@ -38,6 +38,10 @@ pub enum Command {
     Rpull(RpullArgs),
     /// Convert an image in containerd's content store to overlaybd, in user space, as a new image.
     Obdconv(ObdconvArgs),
+    /// Make a new image from an overlaybd one with an acceleration layer (a trace recorded by
+    /// running a temporary container, or a priority list) on top.
+    #[command(name = "record-trace")]
+    RecordTrace(RecordTraceArgs),
 }
 
 /// The registry flags of `ctr` (`commands.RegistryFlags`).
@@ -139,6 +143,43 @@ pub struct ObdconvArgs {
     pub dst: String,
 }
 
+/// `ctr-obd record-trace` (`snapshotter.md` §10.4): the reference's flags.
+#[derive(Debug, Args)]
+pub struct RecordTraceArgs {
+    /// Recording time in seconds; then the task gets SIGTERM (SIGKILL after as long again).
+    #[arg(long = "time", default_value_t = 60)]
+    pub time: u64,
+    /// A file listing the files to prefetch, used as the trace instead of recording (no
+    /// COMMAND then).
+    #[arg(long = "priority_list")]
+    pub priority_list: Option<PathBuf>,
+    /// Directory of the temporary trace files.
+    #[arg(long, default_value = "/tmp/ctr-record-trace/")]
+    pub working_dir: PathBuf,
+    /// The snapshotter the container runs on.
+    #[arg(long, default_value = "overlaybd")]
+    pub snapshotter: String,
+    /// The runtime of the container.
+    #[arg(long, default_value = "io.containerd.runc.v2")]
+    pub runtime: String,
+    /// Accepted for compatibility (the layers are not downloaded).
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrent_downloads: u32,
+    /// No CNI bridge: the container gets a network namespace of its own with no interface up.
+    #[arg(long)]
+    pub disable_network_isolation: bool,
+    /// Where the CNI plugins (bridge, host-local, loopback) are.
+    #[arg(long, default_value = "/opt/cni/bin/")]
+    pub cni_plugin_dir: PathBuf,
+    /// The overlaybd image to record (in containerd's store).
+    pub old: String,
+    /// The name of the new image.
+    pub new: String,
+    /// What the container runs instead of the image's entrypoint and command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
 /// A Go-style duration (`1h2m3s`, `500ms`) or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a duration (e.g. 90s, 5m, 1h30m, 500ms)");
@@ -216,12 +257,24 @@ mod tests {
                 assert_eq!(a.reference, "h:5000/r:t");
                 assert_eq!(a.registry.user.as_deref(), Some("a:b"));
             }
-            Command::Obdconv(_) => panic!("wrong subcommand"),
+            _ => panic!("wrong subcommand"),
         }
         let c = Cli::try_parse_from(["ctr-obd", "obdconv", "--hosts-dir", "/x", "a", "b"]).unwrap();
         match c.command {
             Command::Obdconv(a) => assert!(a.registry.unsupported().is_some()),
-            Command::Rpull(_) => panic!("wrong subcommand"),
+            _ => panic!("wrong subcommand"),
+        }
+        let c =
+            Cli::try_parse_from(["ctr-obd", "record-trace", "--time", "5", "a", "b", "sh", "-c", "cat /x"]).unwrap();
+        match c.command {
+            Command::RecordTrace(a) => {
+                assert_eq!((a.time, a.old.as_str(), a.new.as_str()), (5, "a", "b"));
+                assert_eq!(a.command, ["sh", "-c", "cat /x"]);
+                assert_eq!(a.working_dir, PathBuf::from("/tmp/ctr-record-trace/"));
+                assert_eq!((a.snapshotter.as_str(), a.runtime.as_str()), ("overlaybd", "io.containerd.runc.v2"));
+                assert!(!a.disable_network_isolation && a.priority_list.is_none());
+            }
+            _ => panic!("wrong subcommand"),
         }
     }
 }

@@ -2,23 +2,30 @@
 //! (`snapshotter.md` §10):
 //!
 //! * `rpull`: a lazy pull through the overlaybd snapshotter (no layer data is downloaded);
-//! * `obdconv`: an image in containerd's store converted to overlaybd in user space.
+//! * `obdconv`: an image in containerd's store converted to overlaybd in user space;
+//! * `record-trace`: an overlaybd image with an acceleration layer (a recorded trace) on top.
 //!
 //! Modules: [`cli`] (flags), [`containerd`] (client, namespace, lease, bounded calls),
 //! [`content`] (content store), [`images`] (image records), [`manifest`] (image documents),
 //! [`registry`] (registry reads), [`unpack`] (layers through a snapshotter), [`rpull`],
-//! [`obdconv`], [`bounded`] (`--timeout` and signals), [`error`].
+//! [`obdconv`], [`record`] (record-trace) with [`accel`] (the acceleration layer), [`runspec`]
+//! (the container's runtime spec) and [`cni`] (its network), [`bounded`] (`--timeout` and
+//! signals), [`error`].
 
+mod accel;
 mod bounded;
 mod cli;
+mod cni;
 mod containerd;
 mod content;
 mod error;
 mod images;
 mod manifest;
 mod obdconv;
+mod record;
 mod registry;
 mod rpull;
+mod runspec;
 mod unpack;
 
 use clap::Parser;
@@ -43,6 +50,7 @@ fn main() {
         match &cli.command {
             Command::Rpull(a) => rpull::run(&cli.address, &cli.namespace, cli.timeout, a).await,
             Command::Obdconv(a) => obdconv::run(&cli.address, &cli.namespace, cli.timeout, a).await,
+            Command::RecordTrace(a) => record::run(&cli.address, &cli.namespace, cli.timeout, a).await,
         }
     });
     // a layer build cut short by --timeout may still run on a blocking thread: do not wait for it

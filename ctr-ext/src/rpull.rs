@@ -38,7 +38,7 @@ pub async fn run(address: &Path, namespace: &str, limit: Option<Duration>, args:
     let mut unpacker = Unpacker {
         cd: &cd,
         snapshotter: &args.snapshotter,
-        registry: &registry,
+        registry: Some(&registry),
         labels: prepare_labels,
         blob_labels: HashMap::from([source.clone()]),
         active: None,
@@ -91,7 +91,7 @@ async fn pull(
     current: &mut Option<String>,
 ) -> Result<Vec<String>> {
     let shown = &args.reference;
-    let reg = u.registry;
+    let reg = u.registry.ok_or_else(|| Error::Usage("rpull needs a registry".into()))?;
     let cd = u.cd;
     *current = Some("fetching the manifest".into());
     let (top_bytes, top_digest) = reg.top().await?;

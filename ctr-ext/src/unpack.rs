@@ -64,8 +64,9 @@ pub struct Unpacker<'a> {
     pub cd: &'a Containerd,
     /// The snapshotter's name.
     pub snapshotter: &'a str,
-    /// Where the blobs come from when a layer must be applied.
-    pub registry: &'a Registry,
+    /// Where the blobs come from when a layer must be applied and its blob is not in the
+    /// content store (`None`: the blob must be there).
+    pub registry: Option<&'a Registry>,
     /// Labels put on every layer's Prepare besides the layer's own (image ref, download).
     pub labels: HashMap<String, String>,
     /// Labels put on every fetched layer blob (its distribution source).
@@ -167,7 +168,15 @@ impl Unpacker<'_> {
     async fn apply(&self, layer: &Layer<'_>, mounts: Vec<Mount>) -> Result<()> {
         if content::info(self.cd, &layer.desc.digest).await?.is_none() {
             tracing::info!(layer = layer.index, blob = %layer.desc.digest, "fetching the layer blob");
-            let data = self.registry.blob_stream(layer.desc).await?;
+            let Some(registry) = self.registry else {
+                return Err(Error::Image(format!(
+                    "its blob is not in containerd's content store and the layer is not an overlaybd layer the \
+                     snapshotter reads remotely: pull the image again (ctr-obd rpull, or ctr image pull with \
+                     --snapshotter {})",
+                    self.snapshotter
+                )));
+            };
+            let data = registry.blob_stream(layer.desc).await?;
             let wref = format!("ctr-obd-layer-{}", unique());
             content::write(self.cd, &wref, layer.desc, &self.blob_labels, data).await?;
         } else {
