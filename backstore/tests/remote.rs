@@ -595,7 +595,10 @@ fn only_ranges_are_read_before_the_background_download_is_allowed() {
         );
         assert!(start.elapsed() < Duration::from_secs(3), "too slow to tell the phases apart");
         let before = written_per_get(&reg.log_text());
-        assert!(before.iter().all(|&w| w <= 65536), "more than a range before the download was allowed: {before:?}");
+        assert!(
+            before.iter().all(|&w| w < layer.len() as u64 / 2),
+            "more than a range before the download was allowed: {before:?}"
+        );
         assert!(
             before.iter().sum::<u64>() < layer.len() as u64,
             "the whole blob was read before the download: {before:?}"
@@ -645,4 +648,73 @@ fn walk(p: &std::path::Path) -> u64 {
             }
         })
         .sum()
+}
+
+/// A blob of `n` pseudo-random bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_sequential_read_streams_in_few_large_requests_and_random_reads_fetch_only_their_chunks() {
+    use backstore::io::ReadAt;
+    use backstore::remote::blob::RemoteBlob;
+    use backstore::remote::cache::BlobCache;
+    const CHUNK: u64 = 64 << 10;
+    let reg = Registry::start();
+    let blob = noise(24 << 20, 7);
+    let digest = reg.push_blob("test/seq", &blob);
+    let url = reg.blob_url("test/seq");
+    let client = Arc::new(RegistryClient::new(ClientOptions::default()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+
+    // a file read front to back in 128 KiB reads, as the kernel reads it
+    let cache = BlobCache::open(&dir.path().join("c1"), 1 << 30, CHUNK).unwrap();
+    let b = RemoteBlob::new(client.clone(), &url, &digest, blob.len() as u64, Some(cache.clone()));
+    let before = written_per_get(&reg.log_text()).len();
+    let mut buf = vec![0u8; 128 << 10];
+    for off in (0..blob.len()).step_by(buf.len()) {
+        assert_eq!(b.read_at(&mut buf, off as u64).unwrap(), buf.len());
+        assert!(buf[..] == blob[off..off + buf.len()], "bytes at {off} differ");
+    }
+    // (read-ahead may still be finishing)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gets = loop {
+        let g = written_per_get(&reg.log_text())[before..].to_vec();
+        if g.iter().sum::<u64>() >= blob.len() as u64 || Instant::now() > deadline {
+            break g;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let chunks = blob.len() as u64 / CHUNK;
+    eprintln!("sequential: {} requests for {chunks} chunks: {gets:?}", gets.len());
+    assert_eq!(gets.iter().sum::<u64>(), blob.len() as u64, "every byte fetched exactly once");
+    assert!((gets.len() as u64) < chunks / 8, "{} requests for {chunks} chunks", gets.len());
+    assert!(gets.iter().any(|&w| w >= 1 << 20), "no request of a MiB or more: {gets:?}");
+
+    // small reads all over the blob: no read-ahead, each fetches its own chunk (or two)
+    let cache = BlobCache::open(&dir.path().join("c2"), 1 << 30, CHUNK).unwrap();
+    let b = RemoteBlob::new(client, &url, &digest, blob.len() as u64, Some(cache));
+    let before = written_per_get(&reg.log_text()).len();
+    let mut small = vec![0u8; 4096];
+    for k in 0..16u64 {
+        let off = (k * 7_919_993) % (blob.len() as u64 - 4096);
+        b.read_at(&mut small, off).unwrap();
+        assert!(small[..] == blob[off as usize..off as usize + 4096], "bytes at {off} differ");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let gets = written_per_get(&reg.log_text())[before..].to_vec();
+    assert!(
+        gets.iter().sum::<u64>() <= 16 * 2 * CHUNK,
+        "random reads fetched {} bytes: {gets:?}",
+        gets.iter().sum::<u64>()
+    );
 }

@@ -1,23 +1,32 @@
-//! A registry blob read by range, through the chunk cache. Sequential reads are met by
-//! read-ahead: the next chunks are fetched into the cache in the background while the reader
-//! works on the current one.
+//! A registry blob read by range, through the chunk cache.
+//!
+//! * **Range coalescing.** The chunks a read needs that are not cached are fetched with one
+//!   request per run of consecutive chunks, and each chunk is handed to the cache (and to
+//!   whoever waits for it) as soon as its bytes have arrived.
+//! * **Adaptive read-ahead.** Reads that follow one another through the blob open a window of
+//!   chunks fetched ahead in the background: as large as what the run of reads has covered so
+//!   far, up to [`MAX_WINDOW`], in requests of up to [`MAX_REQUEST`]; a read elsewhere closes
+//!   it. So a large file read lazily streams at the link's speed instead of paying a round
+//!   trip per chunk, and small or random reads fetch little more than they need.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::cache::BlobCache;
+use super::cache::{BlobCache, Claim, Lead};
 use super::registry::RegistryClient;
 use crate::io::{LocalFile, ReadAt};
 use crate::{Error, Result};
 
 /// Bytes per fetch when there is no cache.
 const UNCACHED_CHUNK: u64 = 256 << 10;
-/// Chunks fetched ahead of a sequential reader.
-const READ_AHEAD: u64 = 8;
-/// Read-ahead fetches in flight per blob, at most.
-const MAX_AHEAD_IN_FLIGHT: usize = 4;
+/// The largest read-ahead window, bytes.
+pub const MAX_WINDOW: u64 = 16 << 20;
+/// The largest read-ahead request, bytes.
+pub const MAX_REQUEST: u64 = 4 << 20;
+/// Read-ahead requests in flight per blob, at most.
+const MAX_AHEAD_IN_FLIGHT: usize = 3;
 
-/// What fetches a chunk: shared with read-ahead threads.
+/// What fetches chunks: shared with read-ahead threads.
 struct Fetcher {
     client: Arc<RegistryClient>,
     repo_blob_url: String,
@@ -32,27 +41,133 @@ impl Fetcher {
         self.cache.as_ref().map_or(UNCACHED_CHUNK, |c| c.chunk_size())
     }
 
-    /// Chunk `i`, from the cache or the registry.
-    fn chunk(&self, i: u64) -> Result<Arc<Vec<u8>>> {
-        let cs = self.chunk_size();
-        let start = i * cs;
-        let len = cs.min(self.size - start) as usize;
-        let fetch = || self.client.read_range(&self.repo_blob_url, &self.digest, start, len);
-        match &self.cache {
-            Some(c) => c.get(&self.digest, i, fetch),
-            None => fetch().map(Arc::new),
-        }
+    fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size())
     }
+
+    /// Fetches chunks `first..` (one request) and completes `leads` (one per chunk, in order)
+    /// as their bytes arrive; the leads left when the request fails are dropped, which fails
+    /// their waiters.
+    fn fetch_run(&self, first: u64, leads: Vec<Lead<'_>>) -> Result<Vec<Arc<Vec<u8>>>> {
+        let cs = self.chunk_size();
+        let start = first * cs;
+        let len = (leads.len() as u64 * cs).min(self.size - start);
+        let mut leads = leads.into_iter();
+        let mut out = Vec::with_capacity(leads.len());
+        let mut failed = None;
+        let r = self.client.read_range_pieces(&self.repo_blob_url, &self.digest, start, len, cs as usize, &mut |p| {
+            if let Some(lead) = leads.next() {
+                match lead.complete(Ok(p)) {
+                    Ok(d) => out.push(d),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        });
+        r?;
+        failed.map_or(Ok(out), Err)
+    }
+
+    /// Chunks `first..=last` in order: cached ones from the cache, the others fetched with
+    /// one request per run of consecutive missing chunks; chunks another thread is fetching
+    /// are waited for.
+    fn chunks(&self, first: u64, last: u64) -> Result<Vec<Arc<Vec<u8>>>> {
+        let cs = self.chunk_size();
+        let Some(cache) = &self.cache else {
+            let start = first * cs;
+            let len = ((last + 1) * cs).min(self.size) - start;
+            let mut out = Vec::new();
+            self.client.read_range_pieces(&self.repo_blob_url, &self.digest, start, len, cs as usize, &mut |p| {
+                out.push(Arc::new(p))
+            })?;
+            return Ok(out);
+        };
+        enum Slot<'a> {
+            Ready(Arc<Vec<u8>>),
+            Wait(super::cache::Waiter),
+            Run(u64, Vec<Lead<'a>>),
+        }
+        let mut slots: Vec<Slot<'_>> = Vec::new();
+        for i in first..=last {
+            match cache.claim(&self.digest, i) {
+                Claim::Cached(d) => slots.push(Slot::Ready(d)),
+                Claim::Wait(w) => slots.push(Slot::Wait(w)),
+                Claim::Fetch(lead) => match slots.last_mut() {
+                    Some(Slot::Run(_, leads)) => leads.push(lead),
+                    _ => slots.push(Slot::Run(i, vec![lead])),
+                },
+            }
+        }
+        // our fetches first (others may wait for them), then what others fetch
+        let mut fetched = Vec::new();
+        for s in slots.iter_mut() {
+            if let Slot::Run(at, leads) = s {
+                fetched.push(self.fetch_run(*at, std::mem::take(leads))?);
+            }
+        }
+        let mut fetched = fetched.into_iter();
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        for s in slots {
+            match s {
+                Slot::Ready(d) => out.push(d),
+                Slot::Wait(w) => out.push(w.wait()?),
+                Slot::Run(..) => out.extend(fetched.next().unwrap_or_default()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read-ahead of chunks `first..=last`: what is neither cached nor being fetched, in
+    /// requests of at most [`MAX_REQUEST`]; nothing is waited for.
+    fn fetch_ahead(&self, first: u64, last: u64) -> Result<()> {
+        let Some(cache) = &self.cache else { return Ok(()) };
+        let per_request = (MAX_REQUEST / self.chunk_size()).max(1) as usize;
+        let mut run: Option<(u64, Vec<Lead<'_>>)> = None;
+        for i in first..=last {
+            let lead = if cache.contains(&self.digest, i) {
+                None
+            } else {
+                match cache.claim(&self.digest, i) {
+                    Claim::Fetch(l) => Some(l),
+                    Claim::Cached(_) | Claim::Wait(_) => None,
+                }
+            };
+            match (lead, &mut run) {
+                (Some(l), Some((_, leads))) if leads.len() < per_request => leads.push(l),
+                (Some(l), _) => {
+                    if let Some((at, leads)) = run.replace((i, vec![l])) {
+                        self.fetch_run(at, leads)?;
+                    }
+                }
+                (None, _) => {
+                    if let Some((at, leads)) = run.take() {
+                        self.fetch_run(at, leads)?;
+                    }
+                }
+            }
+        }
+        if let Some((at, leads)) = run {
+            self.fetch_run(at, leads)?;
+        }
+        Ok(())
+    }
+}
+
+/// The read-ahead state of a blob.
+#[derive(Default)]
+struct Ahead {
+    /// Where the last read ended (`None` before the first).
+    last_end: Option<u64>,
+    /// Bytes covered by the current run of reads that follow one another.
+    streak: u64,
+    /// Chunks before this one are fetched or being fetched.
+    scheduled_to: u64,
 }
 
 /// A remote blob of known size.
 pub struct RemoteBlob {
     fetcher: Arc<Fetcher>,
     name: String,
-    /// Where the last read ended, to see sequential reading.
-    last_end: AtomicU64,
-    /// The highest chunk read ahead so far.
-    ahead_to: AtomicU64,
+    ahead: Mutex<Ahead>,
     /// The downloaded copy, once there is one: reads go there.
     local: RwLock<Option<Arc<LocalFile>>>,
 }
@@ -75,13 +190,7 @@ impl RemoteBlob {
             cache,
             in_flight: AtomicUsize::new(0),
         });
-        RemoteBlob {
-            fetcher,
-            name,
-            last_end: AtomicU64::new(u64::MAX),
-            ahead_to: AtomicU64::new(0),
-            local: RwLock::new(None),
-        }
+        RemoteBlob { fetcher, name, ahead: Mutex::new(Ahead::default()), local: RwLock::new(None) }
     }
 
     /// The blob's digest.
@@ -94,32 +203,51 @@ impl RemoteBlob {
         self.fetcher.client.read_range(&self.fetcher.repo_blob_url, &self.fetcher.digest, offset, len)
     }
 
-    /// Starts fetching the chunks after `last` into the cache (sequential reading).
-    fn read_ahead(&self, last: u64) {
+    /// Notes a read of `offset..end`: a read that follows the last one (give or take a chunk)
+    /// extends the run and the window (as many bytes as the run covered), any other read
+    /// closes the window. Then starts fetching the next part of the window in the background.
+    fn read_ahead(&self, offset: u64, end: u64) {
         let f = &self.fetcher;
         if f.cache.is_none() {
             return;
         }
-        let chunks = f.size.div_ceil(f.chunk_size());
-        let from = (last + 1).max(self.ahead_to.load(Ordering::Relaxed) + 1);
-        let to = (last + READ_AHEAD).min(chunks.saturating_sub(1));
-        for i in from..=to {
+        let cs = f.chunk_size();
+        let (from, to) = {
+            let mut a = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            let follows = a.last_end.is_some_and(|l| offset.abs_diff(l) <= cs);
+            a.last_end = Some(end);
+            if !follows {
+                a.streak = end - offset;
+                a.scheduled_to = 0;
+                return;
+            }
+            a.streak += end - offset;
+            let window = a.streak.min(MAX_WINDOW).div_ceil(cs);
+            let next = end.div_ceil(cs);
+            let to = (next + window).min(f.chunk_count());
+            let from = next.max(a.scheduled_to);
+            if from >= to {
+                return;
+            }
+            // one request's worth at a time, a few requests in flight
+            let to = to.min(from + (MAX_REQUEST / cs).max(1));
             if f.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_AHEAD_IN_FLIGHT {
                 f.in_flight.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
-            self.ahead_to.fetch_max(i, Ordering::Relaxed);
-            let f2 = f.clone();
-            let spawned = std::thread::Builder::new().name("obd-readahead".into()).spawn(move || {
-                if let Err(e) = f2.chunk(i) {
-                    tracing::debug!(chunk = i, error = %e, "read-ahead failed (the reader will fetch it)");
-                }
-                f2.in_flight.fetch_sub(1, Ordering::AcqRel);
-            });
-            if spawned.is_err() {
-                f.in_flight.fetch_sub(1, Ordering::AcqRel);
-                return;
+            a.scheduled_to = to;
+            (from, to)
+        };
+        let f2 = f.clone();
+        let spawned = std::thread::Builder::new().name("obd-readahead".into()).spawn(move || {
+            if let Err(e) = f2.fetch_ahead(from, to - 1) {
+                tracing::debug!(from, to, error = %e, "read-ahead failed (readers will fetch)");
             }
+            f2.in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+        if spawned.is_err() {
+            f.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.ahead.lock().unwrap_or_else(|p| p.into_inner()).scheduled_to = from;
         }
     }
 
@@ -145,26 +273,15 @@ impl ReadAt for RemoteBlob {
         }
         let size = self.fetcher.size;
         let n = buf.len().min((size - offset) as usize);
-        let cs = self.fetcher.chunk_size();
-        if self.last_end.swap(offset + n as u64, Ordering::Relaxed) == offset || n as u64 >= cs {
-            self.read_ahead((offset + n as u64 - 1) / cs);
+        if n == 0 {
+            return Ok(0);
         }
-        // The chunks this read needs, fetched side by side when there are several.
+        let cs = self.fetcher.chunk_size();
+        self.read_ahead(offset, offset + n as u64);
         let (first, last) = (offset / cs, (offset + n as u64 - 1) / cs);
-        let chunks: Vec<Result<Arc<Vec<u8>>>> = if first == last {
-            vec![self.fetcher.chunk(first)]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (first..=last).map(|i| s.spawn(move || self.fetcher.chunk(i))).collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidArgument("a fetch thread panicked".into()))))
-                    .collect()
-            })
-        };
+        let chunks = self.fetcher.chunks(first, last)?;
         let mut done = 0usize;
         for (k, chunk) in chunks.into_iter().enumerate() {
-            let chunk = chunk?;
             let i = first + k as u64;
             let pos = offset + done as u64;
             let within = (pos - i * cs) as usize;
@@ -180,6 +297,15 @@ impl ReadAt for RemoteBlob {
             let m = (chunk.len() - within).min(n - done);
             buf[done..done + m].copy_from_slice(&chunk[within..within + m]);
             done += m;
+        }
+        if done != n {
+            return Err(Error::Truncated {
+                file: self.name.clone(),
+                what: format!("chunks {first}..={last}"),
+                offset: offset + done as u64,
+                end: offset + n as u64,
+                size,
+            });
         }
         Ok(n)
     }

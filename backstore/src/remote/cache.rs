@@ -22,6 +22,77 @@ struct Flight {
     done: Condvar,
 }
 
+/// What [`BlobCache::claim`] found.
+pub enum Claim<'a> {
+    /// The chunk, from disk.
+    Cached(Arc<Vec<u8>>),
+    /// Another thread is fetching it.
+    Wait(Waiter),
+    /// Nobody is: the caller fetches it.
+    Fetch(Lead<'a>),
+}
+
+/// A chunk another thread is fetching.
+pub struct Waiter {
+    flight: Arc<Flight>,
+    what: String,
+}
+
+impl Waiter {
+    /// Its bytes, or the fetch's error, once the fetch ends.
+    pub fn wait(self) -> Result<Arc<Vec<u8>>> {
+        let mut r = self.flight.result.lock().unwrap_or_else(|p| p.into_inner());
+        while r.is_none() {
+            r = self.flight.done.wait(r).unwrap_or_else(|p| p.into_inner());
+        }
+        match r.as_ref() {
+            Some(Ok(d)) => Ok(d.clone()),
+            Some(Err(e)) => Err(Error::io(&self.what, "fetch", std::io::Error::other(e.clone()))),
+            None => unreachable_none(),
+        }
+    }
+}
+
+/// The duty to fetch a chunk: [`complete`](Lead::complete) stores the result and wakes the
+/// waiters; dropped uncompleted, the waiters get an error.
+pub struct Lead<'a> {
+    cache: &'a BlobCache,
+    rel: PathBuf,
+    flight: Arc<Flight>,
+    what: String,
+    completed: bool,
+}
+
+impl Lead<'_> {
+    /// Stores `result` (when it is data) and hands it to the waiters.
+    pub fn complete(mut self, result: Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        let result = result.map(Arc::new);
+        if let Ok(d) = &result {
+            if let Err(e) = self.cache.store(&self.rel, d) {
+                tracing::warn!(error = %e, "cannot store a chunk in the cache; serving it uncached");
+            }
+        }
+        self.finish(result.as_ref().map(Arc::clone).map_err(|e| e.to_string()));
+        result
+    }
+
+    fn finish(&mut self, r: std::result::Result<Arc<Vec<u8>>, String>) {
+        self.completed = true;
+        *self.flight.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.flight.done.notify_all();
+        self.cache.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.rel);
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if !self.completed {
+            let what = format!("{} was not fetched", self.what);
+            self.finish(Err(what));
+        }
+    }
+}
+
 struct Lru {
     /// Chunk file (relative) -> (bytes on disk, last use).
     entries: HashMap<PathBuf, (u64, u64)>,
@@ -111,45 +182,44 @@ impl BlobCache {
     /// Chunk `index` of blob `digest`: from disk if cached and intact, else from `fetch`
     /// (shared with concurrent askers), then stored.
     pub fn get(&self, digest: &str, index: u64, fetch: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        match self.claim(digest, index) {
+            Claim::Cached(d) => Ok(d),
+            Claim::Wait(w) => w.wait(),
+            Claim::Fetch(lead) => lead.complete(fetch()),
+        }
+    }
+
+    /// Chunk `index` of blob `digest` as it stands: cached, being fetched by someone else
+    /// (wait for it), or missing, in which case the caller now owns its fetch and must
+    /// [`complete`](Lead::complete) it (dropping the lead fails the waiters).
+    pub fn claim(&self, digest: &str, index: u64) -> Claim<'_> {
         let rel = Self::rel(digest, index);
         if let Some(data) = self.load(&rel) {
-            return Ok(Arc::new(data));
+            return Claim::Cached(Arc::new(data));
         }
-        let (flight, leader) = {
-            let mut f = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            match f.get(&rel) {
-                Some(x) => (x.clone(), false),
-                None => {
-                    let x = Arc::new(Flight { result: Mutex::new(None), done: Condvar::new() });
-                    f.insert(rel.clone(), x.clone());
-                    (x, true)
-                }
+        let mut f = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        // (fetched and stored between the load and taking the lock)
+        if f.get(&rel).is_none() && self.lock_lru().entries.contains_key(&rel) {
+            drop(f);
+            if let Some(data) = self.load(&rel) {
+                return Claim::Cached(Arc::new(data));
             }
-        };
-        if !leader {
-            let mut r = flight.result.lock().unwrap_or_else(|p| p.into_inner());
-            while r.is_none() {
-                r = flight.done.wait(r).unwrap_or_else(|p| p.into_inner());
-            }
-            return match r.as_ref() {
-                Some(Ok(d)) => Ok(d.clone()),
-                Some(Err(e)) => {
-                    Err(Error::io(digest, format!("fetch chunk {index}"), std::io::Error::other(e.clone())))
-                }
-                None => unreachable_none(),
-            };
+            f = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         }
-        let result = fetch().map(Arc::new);
-        if let Ok(d) = &result {
-            if let Err(e) = self.store(&rel, d) {
-                tracing::warn!(error = %e, "cannot store a chunk in the cache; serving it uncached");
+        let what = format!("{digest} chunk {index}");
+        match f.get(&rel) {
+            Some(x) => Claim::Wait(Waiter { flight: x.clone(), what }),
+            None => {
+                let x = Arc::new(Flight { result: Mutex::new(None), done: Condvar::new() });
+                f.insert(rel.clone(), x.clone());
+                Claim::Fetch(Lead { cache: self, rel, flight: x, what, completed: false })
             }
         }
-        *flight.result.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(result.as_ref().map(Arc::clone).map_err(|e| e.to_string()));
-        flight.done.notify_all();
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&rel);
-        result
+    }
+
+    /// True if chunk `index` of `digest` is on disk (not checked).
+    pub fn contains(&self, digest: &str, index: u64) -> bool {
+        self.lock_lru().entries.contains_key(&Self::rel(digest, index))
     }
 
     /// Drops chunk `index` of `digest` (a reader found its bytes wrong).

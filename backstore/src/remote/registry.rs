@@ -130,6 +130,107 @@ impl RegistryClient {
         })
     }
 
+    /// Reads `len` bytes of blob `digest` at `offset` with one request (under the retry
+    /// policy), handing them to `sink` in order, in pieces of `piece` bytes (the last may be
+    /// shorter), each as soon as it has arrived. A try that fails part-way goes on from the
+    /// first piece not handed over, so `sink` sees every piece once.
+    pub fn read_range_pieces(
+        &self,
+        repo_blob_url: &str,
+        digest: &str,
+        offset: u64,
+        len: u64,
+        piece: usize,
+        sink: &mut dyn FnMut(Vec<u8>),
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let url = format!("{}/{digest}", repo_blob_url.trim_end_matches('/'));
+        let what = format!("{url} bytes {offset}+{len}");
+        let candidates = self.candidates(&url);
+        let mut done = 0u64;
+        self.opts
+            .retry
+            .run(&what, |_| {
+                let mut transient_seen = false;
+                let mut last = None;
+                for c in &candidates {
+                    let before = done;
+                    match self.try_pieces(c, offset + done, len - done, piece, &mut done, sink) {
+                        Ok(()) => return Ok(()),
+                        // pieces came before the failure: retry this source from there
+                        Err(Failure::Transient(e)) if done > before => return Err(Failure::Transient(e)),
+                        Err(Failure::Transient(e)) => {
+                            transient_seen = true;
+                            last = Some(e);
+                        }
+                        Err(Failure::Permanent(e)) => last = Some(e),
+                    }
+                }
+                let e = last.unwrap_or_else(|| Error::InvalidArgument("no URL to read from".into()));
+                Err(if transient_seen { Failure::Transient(e) } else { Failure::Permanent(e) })
+            })
+            .map_err(|(e, tries)| {
+                Error::io(
+                    &url,
+                    format!("read bytes {offset}..{} ({tries} tries)", offset + len),
+                    std::io::Error::other(e.to_string()),
+                )
+            })
+    }
+
+    /// One try of [`read_range_pieces`](Self::read_range_pieces): bytes `offset..offset+len`,
+    /// counting what reached `sink` in `done`.
+    fn try_pieces(
+        &self,
+        url: &str,
+        offset: u64,
+        len: u64,
+        piece: usize,
+        done: &mut u64,
+        sink: &mut dyn FnMut(Vec<u8>),
+    ) -> Try<()> {
+        let range = format!("bytes={}-{}", offset, offset + len - 1);
+        let resp = self.send(url, |c, u| c.get(u).header(RANGE, range.as_str()))?;
+        let mut body: Box<dyn Read> = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(transient("GET", format!("answer for the wrong range ({start:?}, asked {offset})")));
+                }
+                Box::new(resp.take(len))
+            }
+            StatusCode::OK => {
+                // Range ignored: skip to the offset, take what was asked.
+                let mut r = resp;
+                std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
+                    .map_err(|e| transient("read the body", e))?;
+                Box::new(r.take(len))
+            }
+            s => return Err(status_failure(s)),
+        };
+        let mut left = len;
+        while left > 0 {
+            let want = (piece as u64).min(left) as usize;
+            let mut buf = Vec::with_capacity(want);
+            (&mut body).take(want as u64).read_to_end(&mut buf).map_err(|e| transient("read the body", e))?;
+            if buf.len() != want {
+                return Err(transient("GET", format!("short body: {} of {len} bytes", len - left + buf.len() as u64)));
+            }
+            left -= want as u64;
+            *done += want as u64;
+            sink(buf);
+        }
+        Ok(())
+    }
+
     /// The size of blob `digest` (a HEAD request).
     pub fn blob_size(&self, repo_blob_url: &str, digest: &str) -> Result<u64> {
         let url = format!("{}/{digest}", repo_blob_url.trim_end_matches('/'));
