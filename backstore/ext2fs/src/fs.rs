@@ -40,10 +40,19 @@ unsafe impl Send for Filesystem {}
 impl Filesystem {
     /// Opens the filesystem on `disk` for writing.
     pub fn open(disk: Arc<dyn Disk>) -> Result<Self> {
+        Self::open_mode(disk, true)
+    }
+
+    /// Opens the filesystem on `disk` read-only: nothing is ever written to the disk.
+    pub fn open_read_only(disk: Arc<dyn Disk>) -> Result<Self> {
+        Self::open_mode(disk, false)
+    }
+
+    fn open_mode(disk: Arc<dyn Disk>, rw: bool) -> Result<Self> {
         init_library();
         let reg = io_manager::register(disk);
         let mut raw: sys::ext2_filsys = std::ptr::null_mut();
-        let flags = (sys::EXT2_FLAG_RW | sys::EXT2_FLAG_64BITS) as i32;
+        let flags = (if rw { sys::EXT2_FLAG_RW } else { 0 } | sys::EXT2_FLAG_64BITS) as i32;
         // SAFETY: valid NUL-terminated name, our static manager, and an out pointer.
         let code = unsafe {
             sys::ext2fs_open2(reg.name.as_ptr(), std::ptr::null(), flags, 0, 0, io_manager::manager(), &mut raw)
@@ -51,8 +60,11 @@ impl Filesystem {
         check(code, || "open the filesystem".into())?;
         let mut fs = Filesystem { raw, _registration: reg };
         fs.set_now(FIXED_NOW);
-        // SAFETY: `raw` is an open filesystem.
-        check(unsafe { sys::ext2fs_read_bitmaps(fs.raw) }, || "read the bitmaps".into())?;
+        if rw {
+            // (a reader needs no allocation bitmaps: not reading them saves a pass over the disk)
+            // SAFETY: `raw` is an open filesystem.
+            check(unsafe { sys::ext2fs_read_bitmaps(fs.raw) }, || "read the bitmaps".into())?;
+        }
         Ok(fs)
     }
 

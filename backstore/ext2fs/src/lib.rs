@@ -14,6 +14,7 @@ pub mod disk;
 pub mod error;
 pub mod fs;
 pub mod io_manager;
+pub mod map;
 pub mod mkfs;
 pub mod node;
 pub mod sys;
