@@ -255,13 +255,30 @@ pub async fn run(
             }
         },
     };
-    for p in [trace.clone(), suffixed(&trace, ".lock"), suffixed(&trace, ".ok"), suffixed(&trace, ".log")] {
-        let _ = std::fs::remove_file(p);
-    }
+    remove_trace_files(&trace).await;
     let digest = built?;
     lines.push(format!("New image {} is created", args.new));
     lines.push(format!("new image digest: {digest}"));
     Ok(lines)
+}
+
+/// How long a recording cut short may take to write its trace once its lock is removed.
+pub const DUMP_GRACE: Duration = Duration::from_secs(5);
+
+/// Removes the trace file and its siblings. A recording still going on (its `.lock` is there:
+/// the command failed or was cut short before collecting) is stopped first and given a moment
+/// to write, so that it does not write them again after they were removed.
+async fn remove_trace_files(trace: &Path) {
+    let (lock, ok) = (suffixed(trace, ".lock"), suffixed(trace, ".ok"));
+    if std::fs::remove_file(&lock).is_ok() {
+        let until = Instant::now() + DUMP_GRACE;
+        while !ok.exists() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for suffix in ["", ".ok", ".log", ".tmp"] {
+        let _ = std::fs::remove_file(suffixed(trace, suffix));
+    }
 }
 
 /// `path` with `suffix` appended to its name.
@@ -624,7 +641,12 @@ async fn build(cd: &Containerd, args: &RecordTraceArgs, old: &Old, trace: &Path)
     let now = rfc3339(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
     let what = format!("{}: config {}", args.old, old.manifest.config.digest);
     let config = accel::config(&old.config_bytes, &layer, &now, &what)?;
-    let config_desc = content::write_bytes(cd, &old.manifest.config.media_type, &config, &HashMap::new()).await?;
+    let mut diff_ids = old.diff_ids.clone();
+    diff_ids.push(layer.digest.clone());
+    let top_chain = convertor::chain::chain_ids(&diff_ids).pop().unwrap_or_default();
+    let config_labels =
+        HashMap::from([(format!("containerd.io/gc.ref.snapshot.{}", args.snapshotter), top_chain.clone())]);
+    let config_desc = content::write_bytes(cd, &old.manifest.config.media_type, &config, &config_labels).await?;
     let what = format!("{}: manifest {}", args.old, old.manifest_desc.digest);
     let new_manifest =
         accel::manifest(&old.manifest_bytes, &old.manifest_desc.media_type, &config_desc, &layer, &what)?;
@@ -638,6 +660,32 @@ async fn build(cd: &Containerd, args: &RecordTraceArgs, old: &Old, trace: &Path)
         labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
     }
     let desc = content::write_bytes(cd, &media_type, &new_manifest, &labels).await?;
+    // the layer unpacked as containerd's pull unpacker would (its annotations as labels: the
+    // snapshotter stacks it as an acceleration layer), so that NEW runs here right away: the
+    // unpack of `ctr run` passes no annotations
+    let mut u = Unpacker {
+        cd,
+        snapshotter: &args.snapshotter,
+        registry: None,
+        labels: HashMap::from([(LABEL_IMAGE_REF.to_string(), args.new.clone())]),
+        blob_labels: HashMap::new(),
+        active: None,
+    };
+    let parent = old.chain_ids.last().cloned().unwrap_or_default();
+    let accel = Layer {
+        index: old.manifest.layers.len(),
+        desc: &layer,
+        diff_id: &layer.digest,
+        chain_id: &top_chain,
+        parent: &parent,
+    };
+    let unpacked = u.unpack(&accel).await;
+    if let Some(key) = u.active.take() {
+        if let Err(e) = u.remove(&key).await {
+            tracing::warn!("the active snapshot {key:?} was left: {e}");
+        }
+    }
+    unpacked?;
     images::put(cd, &args.new, &desc, HashMap::new()).await?;
     tracing::info!(image = %args.new, manifest = %desc.digest, layer = %layer.digest, "acceleration layer added");
     Ok(desc.digest)

@@ -1,0 +1,321 @@
+//! End-to-end tests of `ctr-obd record-trace` with real parts started here: Debian's containerd,
+//! runc and docker-registry, skopeo, and this build's overlaybd snapshotter on the fuse-loop
+//! frontend (build it first: `cargo build --release -p overlaybd-snapshotter`). Run as root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const BLOB_DIGEST: &str = "containerd.io/snapshot/overlaybd/blob-digest";
+const BLOB_SIZE: &str = "containerd.io/snapshot/overlaybd/blob-size";
+const VERSION: &str = "containerd.io/snapshot/overlaybd/version";
+const ACCEL: &str = "containerd.io/snapshot/overlaybd/acceleration-layer";
+const OCI_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const TRACE_MAGIC: u32 = 0xC2EF_1820;
+
+/// What the recording container reads.
+const READS: &str = "cat /etc/keep; sha256sum /etc/big; ls /bin >/dev/null";
+
+/// A blob of the content store.
+fn content(c: &Containerd, digest: &str) -> Vec<u8> {
+    let o = c.ctr_output(&["content", "get", digest]);
+    assert!(o.status.success(), "ctr content get {digest}: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// A JSON blob of the content store.
+fn content_json(c: &Containerd, digest: &str) -> serde_json::Value {
+    serde_json::from_slice(&content(c, digest)).unwrap_or_else(|e| panic!("{digest} is not JSON: {e}"))
+}
+
+/// The manifest digest an image record points at.
+fn image_target(c: &Containerd, name: &str) -> String {
+    let ls = c.ctr(&["image", "ls"]);
+    let line =
+        ls.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no {name}: {ls}"));
+    line.split_whitespace().find(|w| w.starts_with("sha256:")).unwrap().to_string()
+}
+
+/// The image names in the namespace, sorted.
+fn image_names(c: &Containerd) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .ctr(&["image", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Lines of a `ctr ... ls` after its header.
+fn rows(c: &Containerd, args: &[&str]) -> Vec<String> {
+    c.ctr(args).lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+/// The only entry of a layer tar: name, mode, bytes.
+fn tar_entry(tar_bytes: &[u8]) -> (String, u32, Vec<u8>) {
+    let mut a = tar::Archive::new(tar_bytes);
+    let mut entries = a.entries().unwrap();
+    let mut e = entries.next().expect("an entry").unwrap();
+    let name = e.path().unwrap().display().to_string();
+    let mode = e.header().mode().unwrap();
+    assert_eq!(e.header().entry_type(), tar::EntryType::Regular);
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+    drop(e);
+    assert!(entries.next().is_none(), "more than one entry in the layer");
+    (name, mode, data)
+}
+
+/// Raw CRC32C (Castagnoli, register seeded with 0, no inversions), bit by bit.
+fn raw_crc32c(data: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    crc
+}
+
+/// Checks a trace file (`overlaybd-format.md` §11): header magic, size and CRC; records of
+/// reads of the image's `layers` lowers. The records.
+fn check_trace(t: &[u8], layers: u32) -> Vec<(u8, u32, u64, u64)> {
+    assert!(t.len() >= 24, "a trace of {} bytes", t.len());
+    let u32_at = |i: usize| u32::from_le_bytes(t[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap());
+    assert_eq!(u32_at(0), TRACE_MAGIC, "trace magic");
+    let size = u64_at(8) as usize;
+    assert_eq!(size % 24, 0, "data size {size}");
+    assert!(size > 0, "the trace records nothing");
+    assert_eq!(t.len(), 24 + size, "the trace's size");
+    assert_eq!(u32_at(16), raw_crc32c(&t[24..24 + size]), "trace CRC");
+    let recs: Vec<(u8, u32, u64, u64)> = t[24..]
+        .chunks(24)
+        .map(|r| {
+            (
+                r[0],
+                u32::from_le_bytes(r[4..8].try_into().unwrap()),
+                u64::from_le_bytes(r[8..16].try_into().unwrap()),
+                u64::from_le_bytes(r[16..24].try_into().unwrap()),
+            )
+        })
+        .collect();
+    for r in &recs {
+        assert!(r.0 == b'R' || r.0 == b'W', "op {r:?}");
+        assert!(r.1 < layers, "layer index {r:?}");
+        assert!(r.2 > 0, "count {r:?}");
+    }
+    recs
+}
+
+/// The device configs of the snapshotter's snapshots: (snapshot dir, config).
+fn device_configs(snap: &Snapshotter) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(snap.root.join("snapshots")).unwrap().flatten() {
+        let cfg = e.path().join("block/config.v1.json");
+        if let Ok(b) = std::fs::read(&cfg) {
+            out.push((e.path(), serde_json::from_slice(&b).unwrap()));
+        }
+    }
+    out
+}
+
+/// Files left in a directory.
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let wd = t.path().join("wd");
+    let reg = Registry::start();
+    let (layout, big_sha) = busybox_overlaybd_image(&t.path().join("img"), "obd");
+    let img = reg.push(&layout.dir, "obd", "test/bbtrace");
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-trace");
+    ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
+    let old_digest = image_target(&ctrd, &img);
+    let old = content_json(&ctrd, &old_digest);
+    let old_layers = old["layers"].as_array().unwrap().clone();
+
+    let new = format!("{}/test/bbtrace:obd_trace", reg.host);
+    let wd_s = wd.display().to_string();
+    let out = ctr_obd(
+        &ctrd,
+        &tmp,
+        &[
+            "record-trace",
+            "--time",
+            "5",
+            "--disable-network-isolation",
+            "--working-dir",
+            &wd_s,
+            &img,
+            &new,
+            "/bin/sh",
+            "-c",
+            READS,
+        ],
+    );
+    // the container ran the command (its output is passed on), the trace was collected
+    assert!(out.contains("Task is running") && out.contains("keep\n") && out.contains(&big_sha), "{out}");
+    assert!(out.contains("Found OK file"), "{out}");
+    assert!(out.contains(&format!("New image {new} is created")), "{out}");
+    let digest = out.lines().find_map(|l| l.strip_prefix("new image digest: ")).expect("the digest").to_string();
+    assert_eq!(image_target(&ctrd, &new), digest);
+
+    // nothing is left: lease, container, rootfs snapshot, trace files
+    assert!(rows(&ctrd, &["leases", "ls"]).is_empty(), "{:?}", rows(&ctrd, &["leases", "ls"]));
+    assert!(rows(&ctrd, &["containers", "ls"]).is_empty(), "{:?}", rows(&ctrd, &["containers", "ls"]));
+    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(!snaps.contains("Active"), "{snaps}");
+    assert!(files_in(&wd).is_empty(), "{:?}", files_in(&wd));
+    // the old image's device was attached with the record labels (rootfs labels, not the image's)
+    let recorded_at: Vec<String> = device_configs(&snap)
+        .into_iter()
+        .filter_map(|(_, c)| c["recordTracePath"].as_str().map(str::to_string))
+        .collect();
+    assert!(recorded_at.iter().any(|p| p.starts_with(&format!("{wd_s}/record-trace-"))), "{recorded_at:?}");
+
+    // the new manifest: the old layers and the acceleration layer, same media type
+    let m = content_json(&ctrd, &digest);
+    assert_eq!(m["mediaType"], old["mediaType"]);
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), old_layers.len() + 1, "{m}");
+    assert_eq!(&layers[..old_layers.len()], &old_layers[..]);
+    let top = &layers[old_layers.len()];
+    assert_eq!(top["mediaType"], OCI_TAR);
+    let a = &top["annotations"];
+    assert_eq!(a[ACCEL], "yes", "{top}");
+    assert_eq!(a[BLOB_DIGEST], top["digest"], "{top}");
+    assert_eq!(a[BLOB_SIZE].as_str().unwrap(), top["size"].to_string(), "{top}");
+    assert_eq!(a[VERSION], "0.1.0", "{top}");
+    // the config: history entry first, diff ID appended, the rest kept
+    let old_config = content_json(&ctrd, old["config"]["digest"].as_str().unwrap());
+    let config = content_json(&ctrd, m["config"]["digest"].as_str().unwrap());
+    assert_eq!(m["config"]["mediaType"], old["config"]["mediaType"]);
+    assert_eq!(config["history"][0]["created_by"], "Acceleration Layer", "{config}");
+    assert_eq!(config["history"][0]["created"], config["created"]);
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    let old_diff_ids = old_config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(&diff_ids[..old_diff_ids.len()], &old_diff_ids[..]);
+    assert_eq!(diff_ids.last().unwrap(), &top["digest"]);
+    assert_eq!(config["config"], old_config["config"]);
+    // the layer: a tar of `trace` (0444), a valid trace of reads of the image's layer
+    let blob = content(&ctrd, top["digest"].as_str().unwrap());
+    let (name, mode, trace) = tar_entry(&blob);
+    assert_eq!((name.as_str(), mode), ("trace", 0o444));
+    let recs = check_trace(&trace, old_layers.len() as u32);
+    eprintln!("{} trace records", recs.len());
+
+    // NEW runs through the snapshotter: the acceleration layer's device config says so and
+    // holds the trace as its last lower
+    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &new, "accel1", "/bin/sh", "-c", READS]);
+    assert!(ran.contains("keep\n") && ran.contains(&big_sha), "{ran}");
+    let accel: Vec<(PathBuf, serde_json::Value)> =
+        device_configs(&snap).into_iter().filter(|(_, c)| c["accelerationLayer"] == true).collect();
+    assert_eq!(accel.len(), 1, "{accel:?}");
+    let (dir, cfg) = &accel[0];
+    let lowers = cfg["lowers"].as_array().unwrap();
+    assert_eq!(lowers.len(), old_layers.len() + 1, "{cfg}");
+    let last = lowers.last().unwrap()["dir"].as_str().unwrap();
+    assert_eq!(Path::new(last), dir.join("fs"));
+    assert_eq!(std::fs::read(Path::new(last).join("trace")).unwrap(), trace);
+    assert!(cfg.get("recordTracePath").is_none(), "{cfg}");
+
+    // removing NEW removes what it holds; OLD still runs
+    ctrd.ctr(&["image", "rm", "--sync", &new]);
+    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "old1", "/bin/sh", "-c", READS]);
+    assert!(ran.contains(&big_sha), "{ran}");
+    drop(ctrd);
+    drop(snap);
+}
+
+#[test]
+fn record_trace_bad_input_is_refused_and_leaves_nothing() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let wd = t.path().join("wd");
+    let wd_s = wd.display().to_string();
+    let reg = Registry::start();
+    let (obd, _) = busybox_overlaybd_image(&t.path().join("obd"), "obd");
+    let img = reg.push(&obd.dir, "obd", "test/bbtrbad");
+    let (plain, _) = busybox_image(&t.path().join("plain"));
+    let plain_img = reg.push(&plain.dir, "latest", "test/bbtrplain");
+    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-trbad");
+    ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
+    ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &plain_img]);
+    let snapshots_before = rows(&ctrd, &["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    let nothing_left = |what: &str, images: &[&str]| {
+        let mut want: Vec<String> = images.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(image_names(&ctrd), want, "image records after {what}");
+        assert!(rows(&ctrd, &["leases", "ls"]).is_empty(), "leases after {what}");
+        assert!(rows(&ctrd, &["containers", "ls"]).is_empty(), "containers after {what}");
+        let snaps = rows(&ctrd, &["snapshots", "--snapshotter", "overlaybd", "ls"]);
+        assert!(snaps.iter().all(|s| !s.contains("Active")), "active snapshots after {what}: {snaps:?}");
+        assert!(files_in(&wd).is_empty(), "files in the working dir after {what}: {:?}", files_in(&wd));
+    };
+    let rt = |extra: &[&str]| -> String {
+        let mut v = vec!["record-trace", "--working-dir", &wd_s];
+        v.extend_from_slice(extra);
+        ctr_obd_fails(&ctrd, &tmp, &v)
+    };
+    let new = format!("{}/test/bbtrbad:trace", reg.host);
+
+    let e = rt(&["--time", "0", "--disable-network-isolation", &img, &new]);
+    assert!(e.contains("--time 0"), "{e}");
+    let list = t.path().join("list");
+    std::fs::write(&list, "/etc/keep\n/etc/big\n").unwrap();
+    let list_s = list.display().to_string();
+    let e = rt(&["--priority_list", &list_s, &img, &new, "/bin/sh"]);
+    assert!(e.contains("--priority_list") && e.contains("COMMAND"), "{e}");
+    let e = rt(&["--disable-network-isolation", &plain_img, &new]);
+    assert!(e.contains(&format!("{plain_img} is not an overlaybd image")) && e.contains(BLOB_DIGEST), "{e}");
+    let e = rt(&["--disable-network-isolation", "nosuch.example/x:1", &new]);
+    assert!(e.contains("image nosuch.example/x:1 is not in containerd's namespace"), "{e}");
+    nothing_left("bad flags and images", &[&img, &plain_img]);
+    // no CNI plugins: named, with the way out, before anything is made
+    let e = rt(&["--cni-plugin-dir", "/nonexistent/cni", &img, &new]);
+    assert!(e.contains("/nonexistent/cni") && e.contains("--disable-network-isolation"), "{e}");
+    nothing_left("missing CNI plugins", &[&img, &plain_img]);
+
+    // a priority list becomes the layer as it is (no container)
+    let out = ctr_obd(&ctrd, &tmp, &["record-trace", "--working-dir", &wd_s, "--priority_list", &list_s, &img, &new]);
+    assert!(out.contains(&format!("New image {new} is created")), "{out}");
+    let m = content_json(&ctrd, &image_target(&ctrd, &new));
+    let top = m["layers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(top["annotations"][ACCEL], "yes");
+    let (name, mode, data) = tar_entry(&content(&ctrd, top["digest"].as_str().unwrap()));
+    assert_eq!((name.as_str(), mode, data), ("trace", 0o444, std::fs::read(&list).unwrap()));
+    nothing_left("a priority list", &[&img, &plain_img, &new]);
+
+    // NEW exists; OLD already has an acceleration layer
+    let e = rt(&["--disable-network-isolation", &img, &new]);
+    assert!(e.contains(&format!("image {new} already exists")), "{e}");
+    let newer = format!("{new}2");
+    let e = rt(&["--disable-network-isolation", &new, &newer]);
+    assert!(e.contains("already has an acceleration layer"), "{e}");
+    nothing_left("existing names and acceleration layers", &[&img, &plain_img, &new]);
+    // a command that does not exist in the image: the task cannot start, all is removed
+    let e = rt(&["--time", "2", "--disable-network-isolation", &img, &newer, "/nonexistent"]);
+    assert!(e.contains("Tasks.Start") || e.contains("Tasks.Create"), "{e}");
+    nothing_left("a command that cannot start", &[&img, &plain_img, &new]);
+    let snaps = rows(&ctrd, &["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    assert!(snaps.len() <= snapshots_before.len() + 1, "{snapshots_before:?} -> {snaps:?}");
+    drop(ctrd);
+    drop(snap);
+}
