@@ -20,11 +20,11 @@ use crate::{Error, Result};
 /// Bytes per fetch when there is no cache.
 const UNCACHED_CHUNK: u64 = 256 << 10;
 /// The largest read-ahead window, bytes.
-pub const MAX_WINDOW: u64 = 16 << 20;
+pub const MAX_WINDOW: u64 = 4 << 20;
 /// The largest read-ahead request, bytes.
-pub const MAX_REQUEST: u64 = 4 << 20;
+pub const MAX_REQUEST: u64 = 1 << 20;
 /// Read-ahead requests in flight per blob, at most.
-const MAX_AHEAD_IN_FLIGHT: usize = 3;
+const MAX_AHEAD_IN_FLIGHT: usize = 4;
 
 /// What fetches chunks: shared with read-ahead threads.
 struct Fetcher {
@@ -155,7 +155,7 @@ impl Fetcher {
 /// The read-ahead state of a blob.
 #[derive(Default)]
 struct Ahead {
-    /// Where the last read ended (`None` before the first).
+    /// The furthest end of the current run of reads (`None` before the first read).
     last_end: Option<u64>,
     /// Bytes covered by the current run of reads that follow one another.
     streak: u64,
@@ -203,9 +203,9 @@ impl RemoteBlob {
         self.fetcher.client.read_range(&self.fetcher.repo_blob_url, &self.fetcher.digest, offset, len)
     }
 
-    /// Notes a read of `offset..end`: a read that follows the last one (give or take a chunk)
-    /// extends the run and the window (as many bytes as the run covered), any other read
-    /// closes the window. Then starts fetching the next part of the window in the background.
+    /// Notes a read of `offset..end`: a read near the end of the current run (readers run side
+    /// by side, so reads arrive a little out of order) extends the run and the window (as many
+    /// bytes as the run covered); a read elsewhere starts a new run with no window. Then starts fetching the next part of the window in the background.
     fn read_ahead(&self, offset: u64, end: u64) {
         let f = &self.fetcher;
         if f.cache.is_none() {
@@ -214,16 +214,19 @@ impl RemoteBlob {
         let cs = f.chunk_size();
         let (from, to) = {
             let mut a = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            let follows = a.last_end.is_some_and(|l| offset.abs_diff(l) <= cs);
-            a.last_end = Some(end);
-            if !follows {
-                a.streak = end - offset;
-                a.scheduled_to = 0;
-                return;
-            }
+            // (readers run side by side: reads of one run arrive a little out of order)
+            let slack = MAX_REQUEST.max(4 * cs);
+            let frontier = match a.last_end {
+                Some(l) if offset <= l + slack && end + slack >= l => l.max(end),
+                _ => {
+                    *a = Ahead { last_end: Some(end), streak: end - offset, scheduled_to: 0 };
+                    return;
+                }
+            };
+            a.last_end = Some(frontier);
             a.streak += end - offset;
             let window = a.streak.min(MAX_WINDOW).div_ceil(cs);
-            let next = end.div_ceil(cs);
+            let next = frontier.div_ceil(cs);
             let to = (next + window).min(f.chunk_count());
             let from = next.max(a.scheduled_to);
             if from >= to {

@@ -17,7 +17,7 @@ case_prepare() { # $1 = source ref on the unthrottled registry; prints the tag t
 }
 case_start() { # $1 = per-run dir: a fresh root, cache and run dir
 	mkdir -p "$1"
-	printf '[backstore.cacheConfig]\ncacheType = "file"\ncacheDir = "%s/%s-cache"\n' "$1" "$CASE_SNAPSHOTTER" \
+	printf '[backstore.cacheConfig]\ncacheType = "file"\ncacheDir = "%s/%s-cache"\nrefillSize = %s\n' "$1" "$CASE_SNAPSHOTTER" "${OBD_REFILL:-262144}" \
 		>"$1/$CASE_SNAPSHOTTER.toml"
 	RUST_LOG=${OBD_LOG:-info} "$OBD_BIN/overlaybd-snapshotter" --config "$1/$CASE_SNAPSHOTTER.toml" \
 		--root "$1/$CASE_SNAPSHOTTER-root" --address "$1/$CASE_SNAPSHOTTER.sock" \
