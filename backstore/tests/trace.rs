@@ -526,10 +526,14 @@ fn a_priority_list_prefetches_the_files_it_names() {
     let list = r.path("list");
     std::fs::write(&list, "/base/f1\n/nowhere/x\n\n/app/g3\n").unwrap();
     let cfg = r.config("list", &format!(r#","recordTracePath":"{}""#, list.display()));
-    let (stack, log) = logged(|| open_device(&cfg, &r.source("cache-list", 4)).unwrap());
+    // (the paths are resolved on the prefetch's thread, which logs to the opener's subscriber)
+    let (stack, log) = logged(|| {
+        let stack = open_device(&cfg, &r.source("cache-list", 4)).unwrap();
+        assert!(stack.prefetch_progress().expect("no prefetch").wait_finished(Duration::from_secs(120)));
+        stack
+    });
     assert!(log.contains("/nowhere/x") && log.contains("not in the image"), "{log}");
-    let progress = stack.prefetch_progress().expect("no prefetch");
-    assert!(progress.wait_finished(Duration::from_secs(120)));
+    let progress = stack.prefetch_progress().unwrap();
     let st = progress.stats();
     assert!(st.records_done == st.records_total && st.records_total > 0 && st.reads_failed == 0, "{st:?}");
     // about the two files' sizes: their blocks and no more than a few chunks' worth of others

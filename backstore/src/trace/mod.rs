@@ -101,7 +101,7 @@ pub fn attach(stack: &mut Stack, path: &Path, record_allowed: bool, concurrency:
         }
         Err(e) => return warn(&e),
     };
-    let planned = match m {
+    let planned: Result<prefetch::Plan> = match m {
         Mode::Record if record_allowed => {
             match Recorder::start(path) {
                 Ok(r) => stack.set_recorder(r),
@@ -110,13 +110,13 @@ pub fn attach(stack: &mut Stack, path: &Path, record_allowed: bool, concurrency:
             return;
         }
         Mode::Record => return,
-        Mode::Replay => plan_trace(path, stack),
+        Mode::Replay => plan_trace(path, stack).map(|(jobs, n)| -> prefetch::Plan { Box::new(move |_| Ok((jobs, n))) }),
         Mode::PriorityList => priority::plan_list(path, stack),
     };
     match planned {
-        Ok((jobs, records)) => {
+        Ok(plan) => {
             let sources = stack.lowers().iter().map(|l| l.source().clone()).collect();
-            let p = Prefetcher::start(&path.display().to_string(), jobs, records, sources, stack.gate(), concurrency);
+            let p = Prefetcher::start(&path.display().to_string(), plan, sources, stack.gate(), concurrency);
             stack.set_prefetcher(p);
         }
         Err(e) => warn(&e),

@@ -4,9 +4,12 @@
 //! device reads. Workers wait while on-demand reads are in flight ([`Gate`]), and stop after
 //! their current read when the prefetch is cancelled (the stack is dropped); cancelling joins
 //! them.
+//!
+//! One coordinator thread makes the plan (a priority list is resolved there, off the device's
+//! open path), starts the workers and joins them; the [`Prefetcher`] joins the coordinator.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,16 +17,18 @@ use super::gate::Gate;
 use super::plan::Job;
 use crate::io::ReadAt;
 
-/// The name prefix of the worker threads.
+/// The name prefix of the coordinator and worker threads.
 pub const THREAD_PREFIX: &str = "obd-prefetch";
+
+/// What a prefetch reads: its reads and the number of records (or ranges) they cover. Made on
+/// the coordinator thread; it may look at the cancel flag to stop early.
+pub type Plan = Box<dyn FnOnce(&AtomicBool) -> crate::Result<(Vec<Job>, usize)> + Send>;
 
 /// What a prefetch has done so far (shared with the workers, readable after the stack is gone).
 #[derive(Debug, Default)]
 pub struct PrefetchProgress {
-    /// Records of the trace (or ranges of the priority list) to prefetch.
-    pub records_total: usize,
-    /// Reads planned.
-    pub reads_total: usize,
+    records_total: AtomicUsize,
+    reads_total: AtomicUsize,
     records_done: AtomicUsize,
     reads_done: AtomicUsize,
     reads_failed: AtomicUsize,
@@ -36,7 +41,7 @@ pub struct PrefetchProgress {
 /// A snapshot of [`PrefetchProgress`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefetchStats {
-    /// Records to prefetch.
+    /// Records (ranges of a priority list) to prefetch; 0 until the plan is made.
     pub records_total: usize,
     /// Records whose reads are done.
     pub records_done: usize,
@@ -60,9 +65,9 @@ impl PrefetchProgress {
     /// The counters now.
     pub fn stats(&self) -> PrefetchStats {
         PrefetchStats {
-            records_total: self.records_total,
+            records_total: self.records_total.load(Ordering::Acquire),
             records_done: self.records_done.load(Ordering::Acquire),
-            reads_total: self.reads_total,
+            reads_total: self.reads_total.load(Ordering::Acquire),
             reads_done: self.reads_done.load(Ordering::Acquire),
             reads_failed: self.reads_failed.load(Ordering::Acquire),
             bytes: self.bytes.load(Ordering::Acquire),
@@ -86,10 +91,9 @@ impl PrefetchProgress {
 }
 
 struct Shared {
-    jobs: Vec<Job>,
+    jobs: OnceLock<Vec<Job>>,
     sources: Vec<Arc<dyn ReadAt>>,
     next: AtomicUsize,
-    running: AtomicUsize,
     cancel: AtomicBool,
     gate: Arc<Gate>,
     progress: Arc<PrefetchProgress>,
@@ -97,58 +101,53 @@ struct Shared {
     started: Instant,
 }
 
-/// A running prefetch. Dropping it cancels and joins the workers.
+/// A running prefetch. Dropping it cancels it and joins its threads.
 pub struct Prefetcher {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    coordinator: Option<JoinHandle<()>>,
 }
 
 impl Prefetcher {
-    /// Starts `concurrency` workers (at least 1, at most one per job) reading `jobs` through
-    /// `sources` (one per lower, by layer number); they yield to reads counted by `gate`.
-    /// `what` names the trace in logs.
-    pub fn start(
-        what: &str,
-        jobs: Vec<Job>,
-        records_total: usize,
-        sources: Vec<Arc<dyn ReadAt>>,
-        gate: Arc<Gate>,
-        concurrency: usize,
-    ) -> Prefetcher {
-        let progress = Arc::new(PrefetchProgress { records_total, reads_total: jobs.len(), ..Default::default() });
-        let n = concurrency.clamp(1, jobs.len().max(1));
+    /// Starts a prefetch of `plan` with `concurrency` workers (at least 1, at most one per
+    /// read) reading through `sources` (one per lower, by layer number); they yield to reads
+    /// counted by `gate`. `what` names the trace in logs, which go to the caller's subscriber.
+    pub fn start(what: &str, plan: Plan, sources: Vec<Arc<dyn ReadAt>>, gate: Arc<Gate>, concurrency: usize) -> Self {
         let shared = Arc::new(Shared {
-            jobs,
+            jobs: OnceLock::new(),
             sources,
             next: AtomicUsize::new(0),
-            running: AtomicUsize::new(n),
             cancel: AtomicBool::new(false),
             gate,
-            progress,
+            progress: Arc::default(),
             what: what.to_string(),
             started: Instant::now(),
         });
-        tracing::info!(
-            trace = what,
-            records = records_total,
-            reads = shared.jobs.len(),
-            workers = n,
-            "prefetch started"
-        );
-        let mut workers = Vec::with_capacity(n);
-        for i in 0..n {
-            let s = shared.clone();
-            match std::thread::Builder::new().name(format!("{THREAD_PREFIX}-{i}")).spawn(move || work(&s)) {
-                Ok(h) => workers.push(h),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start a prefetch worker");
-                    if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        shared.progress.finished.store(true, Ordering::Release);
-                    }
-                }
+        let s = shared.clone();
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let coordinator = std::thread::Builder::new()
+            .name(format!("{THREAD_PREFIX}-plan"))
+            .spawn(move || tracing::dispatcher::with_default(&dispatch, || coordinate(&s, plan, concurrency)));
+        let coordinator = match coordinator {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(trace = what, error = %e, "cannot start the prefetch");
+                shared.progress.finished.store(true, Ordering::Release);
+                None
             }
-        }
-        Prefetcher { shared, workers }
+        };
+        Prefetcher { shared, coordinator }
+    }
+
+    /// Starts a prefetch of `jobs`, planned already.
+    pub fn start_jobs(
+        what: &str,
+        jobs: Vec<Job>,
+        records: usize,
+        sources: Vec<Arc<dyn ReadAt>>,
+        gate: Arc<Gate>,
+        concurrency: usize,
+    ) -> Self {
+        Self::start(what, Box::new(move |_| Ok((jobs, records))), sources, gate, concurrency)
     }
 
     /// The progress counters.
@@ -156,14 +155,14 @@ impl Prefetcher {
         &self.shared.progress
     }
 
-    /// Stops the workers after their current read and joins them.
+    /// Stops the workers after their current read and joins every thread of the prefetch.
     pub fn cancel(&mut self) {
         let s = &self.shared;
         if !s.progress.finished.load(Ordering::Acquire) {
             s.cancel.store(true, Ordering::Release);
             s.gate.wake_all();
         }
-        for h in self.workers.drain(..) {
+        if let Some(h) = self.coordinator.take() {
             let _ = h.join();
         }
     }
@@ -173,6 +172,42 @@ impl Drop for Prefetcher {
     fn drop(&mut self) {
         self.cancel();
     }
+}
+
+/// Makes the plan, runs the workers, joins them, and reports.
+fn coordinate(s: &Arc<Shared>, plan: Plan, concurrency: usize) {
+    let p = &s.progress;
+    match plan(&s.cancel) {
+        Ok((jobs, records)) => {
+            p.records_total.store(records, Ordering::Release);
+            p.reads_total.store(jobs.len(), Ordering::Release);
+            let _ = s.jobs.set(jobs);
+        }
+        Err(e) => tracing::warn!(trace = %s.what, reason = %e, "trace ignored: no prefetch"),
+    }
+    let n_jobs = s.jobs.get().map_or(0, Vec::len);
+    if n_jobs > 0 && !s.cancel.load(Ordering::Acquire) {
+        let n = concurrency.clamp(1, n_jobs);
+        tracing::info!(trace = %s.what, records = p.records_total.load(Ordering::Acquire), reads = n_jobs, workers = n,
+            "prefetch started");
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let s2 = s.clone();
+            match std::thread::Builder::new().name(format!("{THREAD_PREFIX}-{i}")).spawn(move || work(&s2)) {
+                Ok(h) => workers.push(h),
+                Err(e) => tracing::warn!(error = %e, "cannot start a prefetch worker"),
+            }
+        }
+        for h in workers {
+            let _ = h.join();
+        }
+    }
+    let cancelled = s.cancel.load(Ordering::Acquire) && p.reads_done.load(Ordering::Acquire) < n_jobs;
+    p.cancelled.store(cancelled, Ordering::Release);
+    let st = p.stats();
+    tracing::info!(trace = %s.what, records = st.records_done, of = st.records_total, bytes = st.bytes,
+        failed = st.reads_failed, cancelled, secs = s.started.elapsed().as_secs_f64(), "prefetch ended");
+    p.finished.store(true, Ordering::Release);
 }
 
 fn work(s: &Shared) {
@@ -188,7 +223,7 @@ fn work(s: &Shared) {
             }
         }
         let i = s.next.fetch_add(1, Ordering::AcqRel);
-        let Some(job) = s.jobs.get(i) else { break };
+        let Some(job) = s.jobs.get().and_then(|j| j.get(i)) else { break };
         let Some(src) = s.sources.get(job.layer) else { continue };
         buf.resize(job.len as usize, 0);
         match read_fully(src.as_ref(), &mut buf, job.offset) {
@@ -203,15 +238,6 @@ fn work(s: &Shared) {
         }
         s.progress.records_done.fetch_add(job.records, Ordering::AcqRel);
         s.progress.reads_done.fetch_add(1, Ordering::AcqRel);
-    }
-    if s.cancel.load(Ordering::Acquire) {
-        s.progress.cancelled.store(true, Ordering::Release);
-    }
-    if s.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let st = s.progress.stats();
-        tracing::info!(trace = %s.what, records = st.records_done, of = st.records_total, bytes = st.bytes,
-            failed = st.reads_failed, cancelled = st.cancelled, secs = s.started.elapsed().as_secs_f64(), "prefetch ended");
-        s.progress.finished.store(true, Ordering::Release);
     }
 }
 
@@ -261,7 +287,7 @@ mod tests {
     #[test]
     fn one_worker_reads_in_recorded_order() {
         let src = Arc::new(Logged { reads: Mutex::new(Vec::new()), delay: Duration::ZERO });
-        let p = Prefetcher::start("t", jobs(50), 50, vec![src.clone()], Arc::default(), 1);
+        let p = Prefetcher::start_jobs("t", jobs(50), 50, vec![src.clone()], Arc::default(), 1);
         assert!(p.progress().wait_finished(Duration::from_secs(30)));
         let st = p.progress().stats();
         assert_eq!((st.records_done, st.reads_done, st.bytes, st.cancelled), (50, 50, 50 * 4096, false));
@@ -274,7 +300,7 @@ mod tests {
         let src = Arc::new(Logged { reads: Mutex::new(Vec::new()), delay: Duration::from_millis(20) });
         let gate = Arc::new(Gate::default());
         let fg = gate.enter();
-        let mut p = Prefetcher::start("t", jobs(10_000), 10_000, vec![src.clone()], gate.clone(), 4);
+        let mut p = Prefetcher::start_jobs("t", jobs(10_000), 10_000, vec![src.clone()], gate.clone(), 4);
         std::thread::sleep(Duration::from_millis(100));
         assert!(src.reads.lock().unwrap().is_empty(), "read while an on-demand read was in flight");
         drop(fg);

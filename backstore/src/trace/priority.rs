@@ -1,15 +1,18 @@
 //! Priority lists: absolute file paths, one per line. Each is resolved in the ext4 of the
 //! lower layers (opened read-only) to its data blocks, and the blocks through the merged lower
 //! index to layer ranges, prefetched in the order of the list. Paths not in the image are
-//! logged and skipped.
+//! logged and skipped. The list is read and checked when the device opens; the paths are
+//! resolved on the prefetch's own thread.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ext2fs::Filesystem;
 
 use super::file::Record;
-use super::plan::{coalesce, Job};
+use super::plan::coalesce;
+use super::prefetch::Plan;
 use crate::io::ReadAt;
 use crate::lsmt::index::Piece;
 use crate::lsmt::SortedIndex;
@@ -17,13 +20,22 @@ use crate::stack::Stack;
 use crate::{BlockDevice, Error, Result, SECTOR};
 
 /// The lowers of a stack as a read-only disk (what the image's file system was written on).
-struct LowersDisk {
+pub struct LowersDisk {
     sources: Vec<Arc<dyn ReadAt>>,
     merged: SortedIndex,
     size: u64,
 }
 
 impl LowersDisk {
+    /// The lowers of `stack` (sharing their sources).
+    pub fn of(stack: &Stack) -> Self {
+        LowersDisk {
+            sources: stack.lowers().iter().map(|l| l.source().clone()).collect(),
+            merged: stack.merged_index().clone(),
+            size: stack.size(),
+        }
+    }
+
     fn read_sectors(&self, buf: &mut [u8], start: u64) -> Result<()> {
         let end = start + buf.len() as u64 / SECTOR;
         self.merged.for_each_piece(start, end, |p| {
@@ -86,18 +98,18 @@ pub fn parse_list(text: &[u8]) -> std::result::Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// The ranges of the lowers holding `paths`' data, in list order.
-pub fn resolve(stack: &Stack, paths: &[String]) -> Result<Vec<Record>> {
-    let disk = LowersDisk {
-        sources: stack.lowers().iter().map(|l| l.source().clone()).collect(),
-        merged: stack.merged_index().clone(),
-        size: stack.size(),
-    };
-    let fs = Filesystem::open_read_only(Arc::new(disk))
+/// The ranges of the lowers holding `paths`' data, in list order (stops early if `cancel`
+/// is set).
+pub fn resolve(lowers: LowersDisk, paths: &[String], cancel: &AtomicBool) -> Result<Vec<Record>> {
+    let merged = lowers.merged.clone();
+    let fs = Filesystem::open_read_only(Arc::new(lowers))
         .map_err(|e| Error::InvalidArgument(format!("cannot open the image's ext4 to resolve paths: {e}")))?;
     let bs = fs.block_size() as u64;
     let mut records = Vec::new();
     for p in paths {
+        if cancel.load(Ordering::Acquire) {
+            break;
+        }
         let extents = match fs.namei(p).and_then(|ino| ino.map(|i| fs.data_extents(i)).transpose()) {
             Ok(Some(x)) => x,
             Ok(None) => {
@@ -111,7 +123,7 @@ pub fn resolve(stack: &Stack, paths: &[String]) -> Result<Vec<Record>> {
         };
         for e in extents {
             let (s, end) = (e.physical * bs / SECTOR, (e.physical + e.count) * bs / SECTOR);
-            let _ = stack.merged_index().for_each_piece(s, end, |piece| {
+            let _ = merged.for_each_piece(s, end, |piece| {
                 if let Piece::Mapped(seg) = piece {
                     if !seg.zeroed {
                         records.push(Record::read(seg.tag as u32, seg.moffset * SECTOR, seg.length as u64 * SECTOR));
@@ -124,15 +136,18 @@ pub fn resolve(stack: &Stack, paths: &[String]) -> Result<Vec<Record>> {
     Ok(records)
 }
 
-/// The prefetch the priority list at `path` asks for: (reads, ranges).
-pub fn plan_list(path: &Path, stack: &Stack) -> Result<(Vec<Job>, usize)> {
+/// Reads and checks the priority list at `path`; the plan that resolves it on `stack`.
+pub fn plan_list(path: &Path, stack: &Stack) -> Result<Plan> {
     let shown = path.display().to_string();
     let text = std::fs::read(path).map_err(|e| Error::io(&shown, "read the priority list", e))?;
     let paths = parse_list(&text).map_err(|why| {
-        Error::InvalidArgument(format!("{shown}: not a trace (no trace magic) and not a priority list: {why}"))
+        Error::InvalidArgument(format!("not a trace (no trace magic) and not a priority list: {why}"))
     })?;
-    let records = resolve(stack, &paths)?;
-    Ok((coalesce(&records), records.len()))
+    let lowers = LowersDisk::of(stack);
+    Ok(Box::new(move |cancel: &AtomicBool| {
+        let records = resolve(lowers, &paths, cancel)?;
+        Ok((coalesce(&records), records.len()))
+    }))
 }
 
 #[cfg(test)]
