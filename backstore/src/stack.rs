@@ -5,6 +5,10 @@
 //! entry gives zeros and hides everything below, and a sector no layer maps reads as zeros.
 //! The lowers' indexes are merged once at open (tag = layer number); the upper's live index is
 //! consulted first on every read.
+//!
+//! A stack can record its lowers' reads into a trace ([`Recorder`]) or run a prefetch
+//! ([`Prefetcher`]) whose workers yield to its on-demand reads; both end when it is dropped
+//! (see [`crate::trace`]).
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
