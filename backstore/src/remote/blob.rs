@@ -20,9 +20,9 @@ use crate::{Error, Result};
 /// Bytes per fetch when there is no cache.
 const UNCACHED_CHUNK: u64 = 256 << 10;
 /// The largest read-ahead window, bytes.
-pub const MAX_WINDOW: u64 = 4 << 20;
+pub const MAX_WINDOW: u64 = 2 << 20;
 /// The largest read-ahead request, bytes.
-pub const MAX_REQUEST: u64 = 1 << 20;
+pub const MAX_REQUEST: u64 = 512 << 10;
 /// Read-ahead requests in flight per blob, at most.
 const MAX_AHEAD_IN_FLIGHT: usize = 4;
 

@@ -3,7 +3,7 @@
 # user space) and pulled lazily by `ctr-obd rpull` (no layer data fetched at pull time).
 # OBD_BIN: this build's binaries (default target/release of this checkout).
 # OBD_FRONTEND: the snapshotter's block frontend (default fuse-loop; tcmu / ublk where the kernel has them).
-CASE_SNAPSHOTTER=${CASE_SNAPSHOTTER_NAME:-overlaybd}
+CASE_SNAPSHOTTER=overlaybd
 OBD_BIN=${OBD_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/target/release}
 OBD_FRONTEND=${OBD_FRONTEND:-fuse-loop}
 case_proxy_plugin() { # $1 = per-run dir
