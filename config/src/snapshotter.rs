@@ -104,6 +104,9 @@ pub struct SnapshotterConfig {
     pub frontend: String,
     /// Runtime state of the frontends (FUSE mount points); emptied on reboot.
     pub run_dir: PathBuf,
+    /// Replay an acceleration layer's trace into the chunk cache as soon as the layer is
+    /// pulled (committed), rather than only when a container's device opens.
+    pub prefetch_on_pull: bool,
     /// The backstore settings (cache, credentials, download, p2p). When absent the reference's
     /// `/etc/overlaybd/overlaybd.json` is read, and without that file the cache lives under
     /// `<root>/cache`.
@@ -130,6 +133,7 @@ impl Default for SnapshotterConfig {
             exporter_config: SnapshotterExporter::default(),
             frontend: "auto".into(),
             run_dir: "/run/overlaybd-snapshotter".into(),
+            prefetch_on_pull: true,
             backstore: None,
         }
     }
@@ -288,6 +292,13 @@ mod tests {
         assert!(SnapshotterConfig::load(&p, true).unwrap_err().to_string().contains("bad.toml"));
         assert!(SnapshotterConfig::load(Path::new("/nonexistent/c.toml"), true).is_err());
         assert!(SnapshotterConfig::load(Path::new("/nonexistent/c.toml"), false).is_ok());
+    }
+
+    #[test]
+    fn prefetch_on_pull_is_on_unless_turned_off() {
+        assert!(SnapshotterConfig::default().prefetch_on_pull);
+        let c: SnapshotterConfig = toml::from_str("prefetchOnPull = false").unwrap();
+        assert!(!c.prefetch_on_pull);
     }
 
     #[test]

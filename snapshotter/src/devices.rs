@@ -65,7 +65,9 @@ impl Devices {
         lock(&self.slots).entry(id).or_default().clone()
     }
 
-    fn source(&self, cfg: &DeviceConfig) -> Result<Arc<dyn LayerSource>> {
+    /// Where `cfg`'s lowers are read from: local files, or the shared remote source (one
+    /// registry client and one chunk cache for every device and prefetch).
+    pub fn source(&self, cfg: &DeviceConfig) -> Result<Arc<dyn LayerSource>> {
         let needs_remote = cfg.lowers.iter().any(|l| l.local_path().is_none() && !l.digest.is_empty());
         if !needs_remote {
             return Ok(Arc::new(LocalSource));

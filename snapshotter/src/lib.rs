@@ -7,6 +7,7 @@
 //!   * [`storage`]: what a snapshot holds (plain, local or remote overlaybd),
 //!   * [`blockconfig`]: the `config.v1.json` of each device,
 //!   * [`devices`]: attach, format, mount and detach through the backstore's frontends,
+//!   * [`warmup`]: an acceleration layer's trace replayed when it is pulled,
 //!   * [`mounts`], [`usage`], [`filter`], [`fstype`], [`labels`], [`layout`];
 //! * [`metrics`]: Prometheus metrics; [`daemon`]: the process (socket, signals, shutdown).
 
@@ -25,5 +26,6 @@ pub mod snapshots;
 pub mod storage;
 pub mod store;
 pub mod usage;
+pub mod warmup;
 
 pub use error::{Error, Result};

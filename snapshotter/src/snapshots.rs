@@ -31,6 +31,7 @@ use crate::mounts;
 use crate::storage::{classify, Storage};
 use crate::store::{Kind, Record, Store, WriteTx};
 use crate::usage::{disk_usage, DiskUsage};
+use crate::warmup::{self, Warmups};
 
 /// The snapshotter's state.
 pub struct Snapshots {
@@ -38,6 +39,8 @@ pub struct Snapshots {
     layout: Layout,
     store: Store,
     devices: Devices,
+    /// Acceleration-layer traces replayed at pull time (`prefetchOnPull`).
+    warmups: Warmups,
     index_off: bool,
     mutate: Mutex<()>,
     /// Snapshots whose devices an earlier process had mounted: attached again at start.
@@ -110,6 +113,7 @@ impl Snapshots {
             layout,
             store,
             devices,
+            warmups: Warmups::default(),
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             mutate: Mutex::new(()),
             reattach: Mutex::new(Vec::new()),
@@ -532,6 +536,7 @@ impl Snapshots {
     /// Commit(name, key, labels) (§6.4).
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
         let _g = self.lock();
+        let mut accel: Option<u64> = None;
         self.store.write(|w| {
             let rec = w.must(key)?;
             if rec.kind != Kind::Active {
@@ -556,6 +561,9 @@ impl Snapshots {
             }
             let u = disk_usage(&self.layout.fs(id), &[]);
             let r = w.commit_active(key, name, labels, u.size, u.inodes)?;
+            if rec.label(L::ACCELERATION_LAYER) == Some("yes") && rec.labels.contains_key(L::TARGET_SNAPSHOT_REF) {
+                accel = Some(id);
+            }
             match classify(&self.layout, id, &r.labels) {
                 Storage::LocalLayer => {
                     return Err(Error::Unimplemented(format!(
@@ -574,7 +582,32 @@ impl Snapshots {
                 Storage::RemoteBlock | Storage::Normal => {}
             }
             Ok(())
-        })
+        })?;
+        if let Some(id) = accel {
+            self.prefetch_on_pull(id);
+        }
+        Ok(())
+    }
+
+    /// After the Commit of acceleration layer `id`: its trace replayed into the cache in the
+    /// background (`prefetchOnPull`). Never fails: problems are logged.
+    fn prefetch_on_pull(&self, id: u64) {
+        if !self.cfg.prefetch_on_pull {
+            return;
+        }
+        if !self.layout.fs(id).join("trace").is_file() {
+            tracing::debug!(id, "acceleration layer without a trace: no prefetch at pull");
+            return;
+        }
+        let Some(cfg) = blockconfig::load(&self.layout, id) else {
+            tracing::warn!(id, "acceleration layer without a device config: no prefetch at pull");
+            return;
+        };
+        let cfg = warmup::warmup_config(&cfg);
+        match self.devices.source(&cfg) {
+            Ok(source) => self.warmups.start(source, id, cfg),
+            Err(e) => tracing::warn!(id, error = %e, "no prefetch at pull"),
+        }
     }
 
     fn sealed_path(&self, id: u64) -> PathBuf {
@@ -611,6 +644,7 @@ impl Snapshots {
                 )));
             }
             let id = rec.id;
+            self.warmups.cancel(id);
             let storage = classify(&self.layout, id, &rec.labels);
             if (storage != Storage::Normal && self.layout.backstore_mark(id).exists()) || self.devices.is_attached(id) {
                 if mounts::overlay_uses(&self.layout.mountpoint(id)) {
@@ -731,8 +765,9 @@ impl Snapshots {
         self.remove_stale_dirs()
     }
 
-    /// At shutdown: detach every device.
+    /// At shutdown: stop the prefetches at pull, detach every device.
     pub fn shutdown(&self) {
+        self.warmups.shutdown();
         self.devices.detach_all();
     }
 }
