@@ -15,6 +15,8 @@ use crate::error::{chain, Error, Result};
 
 /// Bound of a quick call (stat, info, create, update, remove).
 pub const QUICK: Duration = Duration::from_secs(60);
+/// Bound of a garbage collection.
+pub const GC: Duration = Duration::from_secs(300);
 /// Bound of connecting to the socket.
 pub const CONNECT: Duration = Duration::from_secs(10);
 
@@ -93,6 +95,18 @@ impl Containerd {
         let mut c = self.client.leases();
         let req = self.request(DeleteRequest { id: id.clone(), sync: false }, QUICK);
         call(&format!("Leases.Delete {id}"), QUICK, c.delete(req)).await.map(|_| ())
+    }
+
+    /// Runs containerd's garbage collector now and waits for it (what `ctr image rm --sync`
+    /// does): a throwaway lease deleted with `sync`. Snapshots removed through containerd are
+    /// removed from the snapshotter only by a collection.
+    pub async fn collect_garbage(&self) -> Result<()> {
+        let id = format!("ctr-obd-gc-{}", unique());
+        let mut c = self.client.leases();
+        let req = self.request(CreateRequest { id: id.clone(), labels: HashMap::new() }, QUICK);
+        call(&format!("Leases.Create {id}"), QUICK, c.create(req)).await?;
+        let req = self.request(DeleteRequest { id: id.clone(), sync: true }, GC);
+        call(&format!("Leases.Delete {id} (sync: garbage collection)"), GC, c.delete(req)).await.map(|_| ())
     }
 
     /// Adds a resource (`content` + digest, or `snapshots/<snapshotter>` + key) to the lease.

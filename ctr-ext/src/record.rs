@@ -218,7 +218,14 @@ pub async fn run(
                         }
                     };
                     let active = u.active.take();
+                    let made = st.snapshot.is_some();
                     let mut left = release(&cd, &args.snapshotter, &mut st).await;
+                    if made && r.is_err() {
+                        // the removed snapshot leaves the snapshotter (and its device) now
+                        if let Err(e) = cd.collect_garbage().await {
+                            tracing::warn!("{e}");
+                        }
+                    }
                     if let Some(key) = active {
                         if let Err(e) = tokio::time::timeout(QUICK, u.remove(&key))
                             .await
@@ -506,11 +513,16 @@ async fn record(
         let _ = std::io::stdout().write_all(&out);
     }
 
-    // the container and its snapshot go, so that the image's device can detach
+    // the container and its snapshot go, so that the image's device can detach (with the
+    // snapshotter's autoRemoveDev): containerd removes a snapshot from the snapshotter when it
+    // collects garbage, so a collection is run now
     st.current = Some("deleting the container".into());
     let left = release(cd, &args.snapshotter, st).await;
     if let Some(l) = left.first() {
         return Err(Error::Image(format!("deleting the recording container: {l}")));
+    }
+    if let Err(e) = cd.collect_garbage().await {
+        tracing::warn!("{e}");
     }
 
     st.current = Some("collecting the trace".into());

@@ -319,3 +319,114 @@ fn record_trace_bad_input_is_refused_and_leaves_nothing() {
     drop(ctrd);
     drop(snap);
 }
+
+/// Where Debian's containernetworking-plugins puts the CNI plugins.
+const DEBIAN_CNI: &str = "/usr/lib/cni";
+
+/// The trace of the acceleration layer of image `name`.
+fn accel_trace(c: &Containerd, name: &str) -> Vec<u8> {
+    let m = content_json(c, &image_target(c, name));
+    let top = m["layers"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(top["annotations"][ACCEL], "yes", "{m}");
+    let (name, _, trace) = tar_entry(&content(c, top["digest"].as_str().unwrap()));
+    assert_eq!(name, "trace");
+    trace
+}
+
+#[test]
+fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_signals() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    let wd_s = t.path().join("wd").display().to_string();
+    let reg = Registry::start();
+    let (layout, _) = busybox_overlaybd_image(&t.path().join("img"), "obd");
+    let img = reg.push(&layout.dir, "obd", "test/bbtrnet");
+    // autoRemoveDev: the image's device detaches with its last container, so that the image
+    // can be recorded again
+    let snap = Snapshotter::start(t.path(), &format!("autoRemoveDev = true\n{}", insecure(&reg)));
+    let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-trnet");
+    ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
+
+    // in the CNI bridge network; the shell (PID 1: SIGTERM has no effect) is killed with SIGKILL
+    let net = format!("{}/test/bbtrnet:net", reg.host);
+    let cmd = "cat /proc/net/dev; cat /etc/keep; sleep 30";
+    let (args, networked): (Vec<&str>, bool) = if Path::new(DEBIAN_CNI).join("bridge").is_file() {
+        (vec!["--cni-plugin-dir", DEBIAN_CNI], true)
+    } else {
+        eprintln!(
+            "NOT TESTED: the CNI network (no plugins in {DEBIAN_CNI}: apt-get install containernetworking-plugins)"
+        );
+        (vec!["--disable-network-isolation"], false)
+    };
+    let mut v = vec!["record-trace", "--time", "1", "--working-dir", &wd_s];
+    v.extend_from_slice(&args);
+    v.extend_from_slice(&[&img, &net, "/bin/sh", "-c", cmd]);
+    let out = ctr_obd(&ctrd, &tmp, &v);
+    assert!(out.contains("Timeout, stop recording") && out.contains("Reached maxTaskRunningTime, force kill"), "{out}");
+    assert!(out.contains("keep\n") && out.contains(&format!("New image {net} is created")), "{out}");
+    if networked {
+        assert!(out.contains("eth0:") && out.contains("lo:"), "no CNI interfaces in the container: {out}");
+        let ns = run(std::process::Command::new("ip").args(["netns", "list"]));
+        assert!(!ns.contains("record-trace-"), "network namespaces left: {ns}");
+    } else {
+        assert!(!out.contains("eth0:"), "{out}");
+    }
+    check_trace(&accel_trace(&ctrd, &net), 1);
+    assert!(rows(&ctrd, &["leases", "ls"]).is_empty() && rows(&ctrd, &["containers", "ls"]).is_empty());
+
+    // SIGINT during the recording goes to the task (which exits on it); the image is made
+    let sig = format!("{}/test/bbtrnet:sig", reg.host);
+    let script = "trap 'echo got-int; exit 0' INT; cat /etc/keep; while true; do sleep 0.1; done";
+    let mut child = ctr_obd_command(
+        &ctrd,
+        &tmp,
+        &[
+            "record-trace",
+            "--time",
+            "60",
+            "--working-dir",
+            &wd_s,
+            "--disable-network-isolation",
+            &img,
+            &sig,
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "ctr-obd ended before the task ran: {seen}");
+        seen.push_str(&line);
+        if line.starts_with("Task is running") {
+            break;
+        }
+    }
+    // the task's shell has its trap set (SIGINT caught) before ctr-obd gets the signal
+    let tasks = ctrd.ctr(&["task", "ls"]);
+    let pid = tasks.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).expect("the task's pid").to_string();
+    wait_until("the task's SIGINT trap", 60, || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
+        u64::from_str_radix(caught, 16).is_ok_and(|m| m & (1 << (2 - 1)) != 0)
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut seen).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{seen}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(seen.contains("Received signal 2") && seen.contains("got-int"), "{seen}");
+    assert!(seen.contains(&format!("New image {sig} is created")), "{seen}");
+    check_trace(&accel_trace(&ctrd, &sig), 1);
+    assert!(rows(&ctrd, &["leases", "ls"]).is_empty() && rows(&ctrd, &["containers", "ls"]).is_empty());
+    assert!(files_in(Path::new(&wd_s)).is_empty(), "{:?}", files_in(Path::new(&wd_s)));
+    drop(ctrd);
+    drop(snap);
+}

@@ -8,7 +8,7 @@ use std::process::Command;
 pub use overlaybd_integration::fixtures::*;
 
 /// `ctr-obd -a SOCK -n NS ARGS...` with `TMPDIR` = `tmp`, to run.
-fn ctr_obd_command(c: &Containerd, tmp: &Path, args: &[&str]) -> Command {
+pub fn ctr_obd_command(c: &Containerd, tmp: &Path, args: &[&str]) -> Command {
     std::fs::create_dir_all(tmp).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctr-obd"));
     cmd.arg("-a").arg(&c.socket).arg("-n").arg(&c.namespace).args(args).env("TMPDIR", tmp).env("RUST_LOG", "info");
