@@ -30,6 +30,9 @@ command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 # the convertor's shared dedup store is tested against a MariaDB server the test starts
 [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+# ctr-obd record-trace: the reference's CNI bridge network for the recorded container
+dpkg -s containernetworking-plugins >/dev/null 2>&1 || need_apt+=(containernetworking-plugins)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
