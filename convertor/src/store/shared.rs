@@ -34,7 +34,14 @@ pub fn url_of(dsn: &str) -> Result<String> {
     }
     let bad = || Error::Store(format!("--db-str {dsn:?}: not a DSN (user:pass@tcp(host:port)/db) nor a mysql:// URL"));
     let (cred, rest) = dsn.rsplit_once('@').unwrap_or(("", dsn));
-    let (addr, db) = rest.split_once('/').ok_or_else(bad)?;
+    // (the address, `tcp(host:port)` or `unix(/path)`, may hold slashes itself)
+    let (addr, db) = match rest.find(')') {
+        Some(i) if rest.starts_with("tcp(") || rest.starts_with("unix(") => {
+            let (a, d) = rest.split_at(i + 1);
+            (a, d.strip_prefix('/').ok_or_else(bad)?)
+        }
+        _ => rest.split_once('/').ok_or_else(bad)?,
+    };
     let db = db.split('?').next().unwrap_or_default();
     let at = if cred.is_empty() { String::new() } else { format!("{cred}@") };
     if let Some(h) = addr.strip_prefix("tcp(").and_then(|a| a.strip_suffix(')')) {
