@@ -293,38 +293,10 @@ impl RegistryClient {
         Err(if transient_seen { Failure::Transient(e) } else { Failure::Permanent(e) })
     }
 
-    /// One try of a range read.
+    /// One try of a range read: the whole range as one piece.
     fn try_range(&self, url: &str, offset: u64, len: usize) -> Try<Vec<u8>> {
-        let range = format!("bytes={}-{}", offset, offset + len as u64 - 1);
-        let resp = self.send(url, |c, u| c.get(u).header(RANGE, range.as_str()))?;
-        let status = resp.status();
-        let mut body = Vec::with_capacity(len);
-        match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let start = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if start != Some(offset) {
-                    return Err(transient("GET", format!("answer for the wrong range ({start:?}, asked {offset})")));
-                }
-                resp.take(len as u64).read_to_end(&mut body).map_err(|e| transient("read the body", e))?;
-            }
-            StatusCode::OK => {
-                // Range ignored: skip to the offset, take what was asked.
-                let mut r = resp;
-                std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
-                    .map_err(|e| transient("read the body", e))?;
-                r.take(len as u64).read_to_end(&mut body).map_err(|e| transient("read the body", e))?;
-            }
-            s => return Err(status_failure(s)),
-        }
-        if body.len() != len {
-            return Err(transient("GET", format!("short body: {} of {len} bytes", body.len())));
-        }
+        let mut body = Vec::new();
+        self.try_pieces(url, offset, len as u64, len, &mut 0, &mut |p| body = p)?;
         Ok(body)
     }
 
