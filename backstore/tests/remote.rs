@@ -650,19 +650,6 @@ fn walk(p: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// A blob of `n` pseudo-random bytes.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn a_sequential_read_streams_in_few_large_requests_and_random_reads_fetch_only_their_chunks() {
     use backstore::io::ReadAt;
@@ -670,7 +657,7 @@ fn a_sequential_read_streams_in_few_large_requests_and_random_reads_fetch_only_t
     use backstore::remote::cache::BlobCache;
     const CHUNK: u64 = 64 << 10;
     let reg = Registry::start();
-    let blob = noise(24 << 20, 7);
+    let blob = random(24 << 20, 7);
     let digest = reg.push_blob("test/seq", &blob);
     let url = reg.blob_url("test/seq");
     let client = Arc::new(RegistryClient::new(ClientOptions::default()).unwrap());
