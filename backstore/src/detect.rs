@@ -55,7 +55,8 @@ pub fn unwrap(src: Arc<dyn ReadAt>, verify: bool) -> Result<Unwrapped> {
         inner = Arc::new(Window::new(inner, p.offset, p.size));
     }
     let mut head = [0u8; 512];
-    let n = inner.read_at(&mut head, 0)?;
+    let n = inner.size().min(512) as usize;
+    inner.read_meta_at(&mut head[..n], 0, "the first bytes")?;
     let mut zfile = None;
     if ZFile::detect(&head[..n]) {
         let z = Arc::new(ZFile::open(inner, verify)?);
@@ -69,7 +70,8 @@ pub fn unwrap(src: Arc<dyn ReadAt>, verify: bool) -> Result<Unwrapped> {
 pub fn open_layer(src: Arc<dyn ReadAt>, verify: bool) -> Result<CommittedLayer> {
     let u = unwrap(src, verify)?;
     let mut head = [0u8; 512];
-    let n = u.inner.read_at(&mut head, 0)?;
+    let n = u.inner.size().min(512) as usize;
+    u.inner.read_meta_at(&mut head[..n], 0, "the first bytes")?;
     let head = &head[..n];
     if n >= 24 && !LsmtHeader::has_magic(head) {
         // Say what was found instead of a bare "bad magic" of the innermost format.

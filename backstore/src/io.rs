@@ -41,6 +41,14 @@ pub trait ReadAt: Send + Sync {
         }
         Ok(())
     }
+
+    /// Reads exactly `buf.len()` bytes at `offset` that the caller keeps: format metadata read
+    /// once when a layer opens (headers, trailers, indexes). A source with a chunk cache may
+    /// fetch just these bytes rather than whole chunks, so opening a lazily pulled layer costs
+    /// its metadata and little more; other sources read as [`Self::read_exact_at`].
+    fn read_meta_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        self.read_exact_at(buf, offset, what)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
@@ -55,6 +63,9 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
     }
     fn invalidate(&self, offset: u64, len: u64) -> bool {
         (**self).invalidate(offset, len)
+    }
+    fn read_meta_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        (**self).read_meta_at(buf, offset, what)
     }
 }
 
@@ -181,6 +192,12 @@ impl ReadAt for Window {
     }
     fn invalidate(&self, offset: u64, len: u64) -> bool {
         self.inner.invalidate(self.offset + offset, len)
+    }
+    fn read_meta_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
+            return self.read_exact_at(buf, offset, what); // (short: says so)
+        }
+        self.inner.read_meta_at(buf, self.offset + offset, what)
     }
 }
 

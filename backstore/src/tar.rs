@@ -84,7 +84,11 @@ pub fn detect(src: &dyn ReadAt) -> Result<Option<TarPayload>> {
     let name = src.name();
     let size = src.size();
     let mut h = [0u8; 512];
-    if src.read_at(&mut h, 0)? < 512 || !is_ustar_header(&h) {
+    if size < 512 {
+        return Ok(None);
+    }
+    src.read_meta_at(&mut h, 0, "tar header")?;
+    if !is_ustar_header(&h) {
         return Ok(None);
     }
     let mut pos = 0u64;
@@ -92,7 +96,7 @@ pub fn detect(src: &dyn ReadAt) -> Result<Option<TarPayload>> {
     let mut seen_pax = false;
     for _ in 0..8 {
         if pos > 0 {
-            src.read_exact_at(&mut h, pos, "tar header")?;
+            src.read_meta_at(&mut h, pos, "tar header")?;
             if !is_ustar_header(&h) {
                 return Err(Error::format(name, FORMAT, format!("bad tar header at {pos}")));
             }
@@ -105,7 +109,7 @@ pub fn detect(src: &dyn ReadAt) -> Result<Option<TarPayload>> {
                     return Err(Error::format(name, FORMAT, format!("PAX header of {len} bytes is too large")));
                 }
                 let mut data = vec![0u8; len as usize];
-                src.read_exact_at(&mut data, pos + BLOCK, "PAX records")?;
+                src.read_meta_at(&mut data, pos + BLOCK, "PAX records")?;
                 pax = pax_size(&data).filter(|&s| s > 0).or(pax);
                 seen_pax = true;
                 pos += BLOCK + len.div_ceil(BLOCK) * BLOCK;

@@ -707,3 +707,76 @@ fn a_sequential_read_streams_in_few_large_requests_and_random_reads_fetch_only_t
         gets.iter().sum::<u64>()
     );
 }
+
+/// A compressed, tar-wrapped layer (the registry's form) with `pieces` scattered writes of
+/// random data, and the layer's bytes as a model: (blob, model).
+fn scattered_layer(dir: &std::path::Path, pieces: u64) -> (Vec<u8>, Vec<u8>) {
+    use backstore::lsmt::writable::{CreateOptions, Recovery};
+    use backstore::lsmt::WritableLayer;
+    use backstore::uuid::LayerUuid;
+    const VSIZE: u64 = 256 << 20;
+    let (d, i) = (dir.join("w.data"), dir.join("w.index"));
+    let opts =
+        CreateOptions { virtual_size: VSIZE, uuid: LayerUuid::random(), parent_uuid: LayerUuid::NIL, sparse: false };
+    WritableLayer::create(&d, &i, &opts).unwrap();
+    let l = WritableLayer::open(&d, &i, true, Recovery::Strict).unwrap();
+    let mut model = vec![0u8; VSIZE as usize];
+    for k in 0..pieces {
+        let off = (k * 7_340_033 % (VSIZE - (64 << 10))) / 4096 * 4096;
+        let data = random(64 << 10, k);
+        l.write_at(&data, off).unwrap();
+        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    l.flush().unwrap();
+    drop(l);
+    let out = dir.join("layer.tar");
+    run(std::process::Command::new(bin("overlaybd-commit")).args(["-z", "-t"]).arg(&d).arg(&i).arg(&out));
+    (std::fs::read(&out).unwrap(), model)
+}
+
+#[test]
+fn opening_a_remote_layer_fetches_its_metadata_not_whole_chunks_and_keeps_it_in_the_cache() {
+    use backstore::detect::open_layer;
+    use backstore::remote::blob::{RemoteBlob, META_GRANULE};
+    use backstore::remote::cache::BlobCache;
+    const CHUNK: u64 = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let (blob, model) = scattered_layer(dir.path(), 300);
+    assert!(blob.len() as u64 > 40 * CHUNK, "{}", blob.len());
+    let reg = Registry::start();
+    let digest = reg.push_blob("test/meta", &blob);
+    let url = reg.blob_url("test/meta");
+    let client = Arc::new(RegistryClient::new(ClientOptions::default()).unwrap());
+    let cache = BlobCache::open(&dir.path().join("cache"), 1 << 30, CHUNK).unwrap();
+    let open = |cache: &Arc<BlobCache>| {
+        let b = RemoteBlob::new(client.clone(), &url, &digest, blob.len() as u64, Some(cache.clone()));
+        open_layer(Arc::new(b), true).unwrap()
+    };
+
+    let before = written_per_get(&reg.log_text()).len();
+    let layer = open(&cache);
+    std::thread::sleep(Duration::from_millis(300)); // (the registry logs a request after it)
+    let gets = written_per_get(&reg.log_text())[before..].to_vec();
+    // the head (tar, ZFile and LSMT headers), and the tail (the jump table with the LSMT
+    // index and trailer just before it): a few granules, where chunks would take 3 or more
+    eprintln!("open: {} requests, {gets:?} bytes", gets.len());
+    assert!((2..=4).contains(&gets.len()), "{gets:?}");
+    assert!(gets.iter().sum::<u64>() <= 6 * META_GRANULE, "{gets:?}");
+    // the layer reads its data right (through the chunks)
+    for k in (0..model.len() as u64).step_by(3 << 20) {
+        let mut buf = vec![0u8; 1 << 20];
+        layer.read_at(&mut buf, k).unwrap();
+        assert!(buf[..] == model[k as usize..k as usize + buf.len()], "bytes at {k} differ");
+    }
+    drop(layer);
+
+    // opened again (a restart, the device attached again): the metadata comes from the cache
+    let before = written_per_get(&reg.log_text()).len();
+    let cache = BlobCache::open(&dir.path().join("cache"), 1 << 30, CHUNK).unwrap();
+    let layer = open(&cache);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(written_per_get(&reg.log_text())[before..].is_empty(), "the second open went to the registry");
+    let mut buf = vec![0u8; 4096];
+    layer.read_at(&mut buf, 0).unwrap();
+    assert!(buf[..] == model[..4096]);
+}

@@ -22,6 +22,9 @@ pub const DOCUMENT: Duration = Duration::from_secs(120);
 
 /// Checks that `s` names an image with its registry host and a tag or digest, as the
 /// snapshotter needs it (it becomes the layers' blob URL), and parses it.
+///
+/// Parsed here rather than with the `Reference` parser, whose regular expression takes longer
+/// to build than the rest of an `rpull` start-up.
 pub fn parse_reference(s: &str) -> Result<Reference> {
     let bad = |why: &str| {
         Error::Usage(format!(
@@ -33,20 +36,93 @@ pub fn parse_reference(s: &str) -> Result<Reference> {
     if host.is_empty() || !(host.contains('.') || host.contains(':') || host == "localhost") {
         return Err(bad(&format!("{host:?} is not a registry host")));
     }
-    let name = rest.rsplit('/').next().unwrap_or(rest);
-    if !name.contains(':') && !name.contains('@') {
+    if !is_host(host) {
+        return Err(bad(&format!("{host:?} is not a valid registry host")));
+    }
+    let (name_tag, digest) = match rest.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (rest, None),
+    };
+    let (repo, tag) = match name_tag.rfind(':') {
+        Some(i) if !name_tag[i..].contains('/') => (&name_tag[..i], Some(&name_tag[i + 1..])),
+        _ => (name_tag, None),
+    };
+    if tag.is_none() && digest.is_none() {
         return Err(bad("no tag or digest"));
     }
-    let r: Reference = s.parse().map_err(|e| bad(&format!("{e}")))?;
-    if let Some(d) = r.digest() {
-        if !is_sha256(d) {
-            return Err(bad(&format!("unsupported digest {d:?}")));
+    if repo.is_empty() || !repo.split('/').all(is_path_component) {
+        return Err(bad(&format!("{repo:?} is not a valid repository (lowercase letters, digits and separators)")));
+    }
+    if host.len() + 1 + repo.len() > 255 {
+        return Err(bad("the name is longer than 255 characters"));
+    }
+    if let Some(t) = tag.filter(|t| !is_tag(t)) {
+        return Err(bad(&format!("{t:?} is not a valid tag")));
+    }
+    if let Some(d) = digest.filter(|d| !is_sha256(d)) {
+        return Err(bad(&format!("unsupported digest {d:?}")));
+    }
+    // as the reference grammar reads Docker Hub names
+    let (host, repo) = match host {
+        "docker.io" | "index.docker.io" if !repo.contains('/') => ("docker.io", format!("library/{repo}")),
+        "index.docker.io" => ("docker.io", repo.to_string()),
+        h => (h, repo.to_string()),
+    };
+    let host = host.to_string();
+    Ok(match (tag, digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(host, repo, t.to_string(), d.to_string()),
+        (Some(t), None) => Reference::with_tag(host, repo, t.to_string()),
+        (None, Some(d)) => Reference::with_digest(host, repo, d.to_string()),
+        (None, None) => unreachable!("checked above"),
+    })
+}
+
+/// A registry host: DNS labels (letters, digits, inner dashes) joined by dots, and a port.
+fn is_host(h: &str) -> bool {
+    let (name, port) = match h.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (h, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.split('.').all(label) && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A repository path component: lowercase letters and digits in runs joined by `.`, `_`, `__`
+/// or dashes.
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
         }
     }
-    if r.registry() != host {
-        return Err(bad("it does not parse as host/repository"));
-    }
-    Ok(r)
+    true
+}
+
+/// A tag: a word character, then up to 127 word characters, dots or dashes.
+fn is_tag(t: &str) -> bool {
+    let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+    let b = t.as_bytes();
+    !b.is_empty() && b.len() <= 128 && word(b[0]) && b[1..].iter().all(|&x| word(x) || x == b'.' || x == b'-')
 }
 
 /// A registry client for one image reference.
@@ -216,5 +292,42 @@ mod tests {
             assert!(e.contains("fully qualified"), "{bad}: {e}");
         }
         assert!(parse_reference("localhost/a:b").is_ok());
+    }
+
+    #[test]
+    fn references_parse_as_the_reference_grammar_does() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        for s in [
+            "127.0.0.1:5000/test/bb:obd".to_string(),
+            "registry.example.com/a/b-c/d__e.f_g:v1.2-rc_3".to_string(),
+            format!("registry.example.com/x@{d}"),
+            format!("r.example:443/x/y:t@{d}"),
+            "docker.io/busybox:1".to_string(),
+            "index.docker.io/library/busybox:1".to_string(),
+            "docker.io/team/app:x".to_string(),
+        ] {
+            let ours = parse_reference(&s).unwrap();
+            let theirs: Reference = s.parse().unwrap();
+            assert_eq!(
+                (ours.registry(), ours.repository(), ours.tag(), ours.digest()),
+                (theirs.registry(), theirs.repository(), theirs.tag(), theirs.digest()),
+                "{s}"
+            );
+        }
+        for bad in [
+            "h.io/a//b:t",
+            "h.io/a..b:t",
+            "h.io/a___b:t",
+            "h.io/-a:t",
+            "h.io/a-:t",
+            "h.io/a:.t",
+            "h.io/a:t@sha256:00",
+            "h-.io/a:t",
+            "h.io:x/a:t",
+            "h.io/a:",
+        ] {
+            assert!(parse_reference(bad).is_err(), "{bad}");
+            assert!(bad.parse::<Reference>().is_err() || bad.contains("sha256"), "the grammar takes {bad}");
+        }
     }
 }

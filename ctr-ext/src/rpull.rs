@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::images;
 use crate::manifest::{self, Kind, Manifest};
 use crate::registry::{parse_reference, Registry};
-use crate::unpack::{Layer, Unpacked, Unpacker, LABEL_DOWNLOAD, LABEL_IMAGE_REF};
+use crate::unpack::{Layer, Unpacked, Unpacker, LABEL_DOWNLOAD, LABEL_IMAGE_REF, LABEL_PLAIN_HTTP};
 
 /// How long the pull's lease outlives a crashed `ctr-obd`.
 pub const LEASE_EXPIRE: Duration = Duration::from_secs(3600);
@@ -34,6 +34,9 @@ pub async fn run(address: &Path, namespace: &str, limit: Option<Duration>, args:
     let mut prepare_labels = HashMap::from([(LABEL_IMAGE_REF.to_string(), args.reference.clone())]);
     if args.download_blobs {
         prepare_labels.insert(LABEL_DOWNLOAD.to_string(), "download".to_string());
+    }
+    if args.registry.plain_http {
+        prepare_labels.insert(LABEL_PLAIN_HTTP.to_string(), "true".to_string());
     }
     let mut unpacker = Unpacker {
         cd: &cd,

@@ -25,6 +25,9 @@ pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
 pub const LABEL_IMAGE_REF: &str = "containerd.io/snapshot/image-ref";
 /// The label asking the overlaybd snapshotter not to commit a remote layer itself.
 pub const LABEL_DOWNLOAD: &str = "containerd.io/snapshot/overlaybd/download-remote-blob";
+/// The label telling the overlaybd snapshotter that the registry speaks plain HTTP (`--plain-http`):
+/// the device then reads the layers over `http://` instead of trying TLS first.
+pub const LABEL_PLAIN_HTTP: &str = "containerd.io/snapshot/overlaybd/plain-http";
 /// Prefix of the layer annotations containerd passes on as snapshot labels.
 pub const INHERITED_PREFIX: &str = "containerd.io/snapshot/";
 

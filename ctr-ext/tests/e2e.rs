@@ -86,6 +86,18 @@ fn blob_gets(reg: &Registry, from: usize, digest: &str) -> Vec<String> {
 }
 
 /// A JSON blob of the content store.
+/// The id (directory name) of the snapshotter's only snapshot with a device config.
+fn snaps_id(snap: &Snapshotter) -> String {
+    let ids: Vec<String> = std::fs::read_dir(snap.root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("block/config.v1.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
+}
+
 fn content_json(c: &Containerd, digest: &str) -> serde_json::Value {
     let o = c.ctr_output(&["content", "get", digest]);
     assert!(o.status.success(), "ctr content get {digest}: {}", String::from_utf8_lossy(&o.stderr));
@@ -112,7 +124,8 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
     let img = reg.push(&layout.dir, "obd", "test/bbobd");
     let layers = layout_layers(&layout.dir);
     assert_eq!(layers.len(), 1);
-    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    // no mirrorRegistry entry: --plain-http alone tells the snapshotter the registry's scheme
+    let snap = Snapshotter::start(t.path(), "");
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-lazy");
     let before = reg.log_text().len();
     let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", "--label", "team=storage", &img]);
@@ -130,6 +143,10 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
     // the layer is a committed snapshot of the overlaybd snapshotter under its chain ID
     let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert!(snaps.contains(&layers[0]) && snaps.contains("Committed"), "{snaps}");
+    // the layer's device reads it over plain HTTP from the start (no TLS attempt first)
+    let cfg = snap.root.join(format!("snapshots/{}/block/config.v1.json", snaps_id(&snap)));
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    assert_eq!(cfg["repoBlobUrl"], format!("http://{}/v2/test/bbobd/blobs", reg.host), "{cfg}");
     // a container runs on it, read lazily (ranges) from the registry
     let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1", "/bin/sh", "-c", LOOK]);
     for want in ["keep\n", &big_sha, "\nw\n"] {

@@ -34,8 +34,9 @@ pub fn store(layout: &Layout, id: u64, cfg: &DeviceConfig) -> Result<()> {
 }
 
 /// `https://<host>/v2/<repo>/blobs` for an image reference (`docker.io` is
-/// `registry-1.docker.io`; a host marked `insecure` in `mirrorRegistry` gets `http://`).
-pub fn repo_blob_url(image_ref: &str, mirrors: &[MirrorRegistry]) -> Result<String> {
+/// `registry-1.docker.io`; with `plain_http`, or for a host marked `insecure` in
+/// `mirrorRegistry`, `http://`).
+pub fn repo_blob_url(image_ref: &str, mirrors: &[MirrorRegistry], plain_http: bool) -> Result<String> {
     let bad = |why: &str| Error::InvalidArgument(format!("image reference {image_ref:?}: {why}"));
     let r = image_ref.trim();
     let (host, path) = r.split_once('/').ok_or_else(|| bad("no registry host (want host/repository[:tag])"))?;
@@ -54,7 +55,7 @@ pub fn repo_blob_url(image_ref: &str, mirrors: &[MirrorRegistry]) -> Result<Stri
     if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')) {
         return Err(bad("malformed registry host"));
     }
-    let insecure = mirrors.iter().any(|m| m.host == host && m.insecure);
+    let insecure = plain_http || mirrors.iter().any(|m| m.host == host && m.insecure);
     let host = if host == "docker.io" { "registry-1.docker.io" } else { host };
     let scheme = if insecure { "http" } else { "https" };
     Ok(format!("{scheme}://{host}/v2/{path}/blobs"))
@@ -78,21 +79,31 @@ fn base(layout: &Layout, id: u64, parent: Option<u64>) -> Result<DeviceConfig> {
     Ok(cfg)
 }
 
+/// A layer blob read lazily from its image's registry.
+pub struct RemoteBlob<'a> {
+    /// The image reference (`host/repository[:tag][@digest]`).
+    pub image_ref: &'a str,
+    /// The blob's digest.
+    pub digest: &'a str,
+    /// The blob's size in bytes.
+    pub size: u64,
+    /// The registry speaks plain HTTP (the `plain-http` label).
+    pub plain_http: bool,
+}
+
 /// §7.2: a lazily read layer on top of its parent's.
 pub fn remote(
     layout: &Layout,
     id: u64,
     parent: Option<u64>,
-    image_ref: &str,
-    digest: &str,
-    size: u64,
+    blob: &RemoteBlob<'_>,
     mirrors: &[MirrorRegistry],
 ) -> Result<DeviceConfig> {
     let mut cfg = base(layout, id, parent)?;
-    cfg.repo_blob_url = repo_blob_url(image_ref, mirrors)?;
+    cfg.repo_blob_url = repo_blob_url(blob.image_ref, mirrors, blob.plain_http)?;
     cfg.lowers.push(LowerLayer {
-        digest: digest.to_string(),
-        size,
+        digest: blob.digest.to_string(),
+        size: blob.size,
         dir: layout.fs(id).display().to_string(),
         ..Default::default()
     });
@@ -141,14 +152,19 @@ mod tests {
     fn repo_blob_urls() {
         let m = vec![MirrorRegistry { host: "127.0.0.1:5000".into(), insecure: true }];
         assert_eq!(
-            repo_blob_url("docker.io/overlaybd/redis:6.2.1_obd", &m).unwrap(),
+            repo_blob_url("docker.io/overlaybd/redis:6.2.1_obd", &m, false).unwrap(),
             "https://registry-1.docker.io/v2/overlaybd/redis/blobs"
         );
-        assert_eq!(repo_blob_url("127.0.0.1:5000/a/b:t", &m).unwrap(), "http://127.0.0.1:5000/v2/a/b/blobs");
-        assert_eq!(repo_blob_url("127.0.0.1:5000/a/b@sha256:00", &m).unwrap(), "http://127.0.0.1:5000/v2/a/b/blobs");
-        assert_eq!(repo_blob_url("r.example:443/a", &[]).unwrap(), "https://r.example:443/v2/a/blobs");
+        assert_eq!(repo_blob_url("127.0.0.1:5000/a/b:t", &m, false).unwrap(), "http://127.0.0.1:5000/v2/a/b/blobs");
+        assert_eq!(
+            repo_blob_url("127.0.0.1:5000/a/b@sha256:00", &m, false).unwrap(),
+            "http://127.0.0.1:5000/v2/a/b/blobs"
+        );
+        assert_eq!(repo_blob_url("r.example:443/a", &[], false).unwrap(), "https://r.example:443/v2/a/blobs");
+        // rpull --plain-http: any host
+        assert_eq!(repo_blob_url("r.example/a:t", &[], true).unwrap(), "http://r.example/v2/a/blobs");
         for bad in ["", "noslash", "/x", "h/", "h/../x", "h o/x"] {
-            let e = repo_blob_url(bad, &m).unwrap_err();
+            let e = repo_blob_url(bad, &m, false).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
         }
     }

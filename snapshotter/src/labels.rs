@@ -22,6 +22,9 @@ pub const RECORD_TRACE: &str = "containerd.io/snapshot/overlaybd/record-trace";
 pub const RECORD_TRACE_PATH: &str = "containerd.io/snapshot/overlaybd/record-trace-path";
 /// Virtual size in GB of a parentless writable layer.
 pub const VSIZE: &str = "containerd.io/snapshot/overlaybd/vsize";
+/// `true`: the image's registry speaks plain HTTP (`ctr-obd rpull --plain-http` sets it), so the
+/// layers are read over `http://`, as for a host marked `insecure` in `mirrorRegistry`.
+pub const PLAIN_HTTP: &str = "containerd.io/snapshot/overlaybd/plain-http";
 /// `download`: pull the blob through containerd instead of lazily.
 pub const DOWNLOAD_REMOTE_BLOB: &str = "containerd.io/snapshot/overlaybd/download-remote-blob";
 /// TurboOCI layer markers (current and legacy names).

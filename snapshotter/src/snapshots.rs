@@ -336,15 +336,13 @@ impl Snapshots {
                 let (digest, size) = Self::check_blob_labels(labels)?;
                 let image_ref =
                     labels.get(L::TARGET_IMAGE_REF).or(labels.get(L::CRI_IMAGE_REF)).cloned().unwrap_or_default();
-                let cfg = blockconfig::remote(
-                    &self.layout,
-                    id,
-                    parent_id,
-                    &image_ref,
-                    &digest,
+                let blob = blockconfig::RemoteBlob {
+                    image_ref: &image_ref,
+                    digest: &digest,
                     size,
-                    &self.cfg.mirror_registry,
-                )?;
+                    plain_http: labels.get(L::PLAIN_HTTP).map(String::as_str) == Some("true"),
+                };
+                let cfg = blockconfig::remote(&self.layout, id, parent_id, &blob, &self.cfg.mirror_registry)?;
                 if labels.get(L::DOWNLOAD_REMOTE_BLOB).map(String::as_str) == Some("download") {
                     blockconfig::store(&self.layout, id, &cfg)?;
                     return Ok(Outcome::Mounts(vec![mounts::bind(&self.layout.fs(id), false)]));
@@ -355,6 +353,7 @@ impl Snapshots {
                 w.commit_active(key, target, l, u.size, u.inodes)?;
                 blockconfig::store(&self.layout, id, &cfg)?;
                 tracing::info!(id, layer = %target, blob = %digest, "remote layer committed; containerd skips its download");
+                self.layer_metadata_on_pull(id, &cfg);
                 return Ok(Outcome::Exists(format!("target snapshot {target:?}: already exists")));
             }
         }
@@ -587,6 +586,18 @@ impl Snapshots {
             self.prefetch_on_pull(id);
         }
         Ok(())
+    }
+
+    /// After remote layer `id` is committed at pull: its metadata fetched into the cache in the
+    /// background (`prefetchOnPull`). Never fails: problems are logged.
+    fn layer_metadata_on_pull(&self, id: u64, cfg: &config::DeviceConfig) {
+        if !self.cfg.prefetch_on_pull {
+            return;
+        }
+        match self.devices.source(cfg) {
+            Ok(source) => warmup::layer_metadata(source, id, cfg),
+            Err(e) => tracing::warn!(id, error = %e, "no layer metadata fetched at pull"),
+        }
     }
 
     /// After the Commit of acceleration layer `id`: its trace replayed into the cache in the

@@ -9,6 +9,10 @@
 //! opened meanwhile reads through the same cache, whose single-flight shares every chunk
 //! fetched or in flight. Failures are logged and ignored: a warm-up never fails a Commit.
 //!
+//! Every remote layer committed at pull also has its metadata fetched ([`layer_metadata`]): the
+//! headers, jump table and index a device reads when it opens the layer, so that a container
+//! started after the pull opens its layers from the cache.
+//!
 //! One warm-up per snapshot at a time; [`Warmups::cancel`] (the snapshot is removed) and
 //! [`Warmups::shutdown`] (the daemon stops) stop and join them.
 
@@ -130,6 +134,38 @@ impl Warmups {
             let _ = r.thread.join();
             tracing::debug!(id, "prefetch at pull stopped");
         }
+    }
+}
+
+/// Fetches the metadata of layer `cfg.lowers.last()` (snapshot `id`) into the cache, in a
+/// detached thread (`obd-layer-meta-<id>`): opening the layer reads its headers, jump table and
+/// index, which the cache keeps; the device that opens the layer later reads them from there.
+/// A few requests, each bounded by the registry retry policy; a failure is logged and
+/// ignored (the device fetches what it needs when it opens).
+pub fn layer_metadata(source: Arc<dyn LayerSource>, id: u64, cfg: &DeviceConfig) {
+    let Some(layer) = cfg.lowers.last().cloned() else { return };
+    let mut cfg = cfg.clone();
+    cfg.download = Some(serde_json::json!({ "enable": false }));
+    let dispatch = tracing::dispatcher::get_default(|x| x.clone());
+    let spawned = std::thread::Builder::new().name(format!("obd-layer-meta-{id}")).spawn(move || {
+        tracing::dispatcher::with_default(&dispatch, || {
+            let started = Instant::now();
+            let opened = source
+                .open(&cfg, cfg.lowers.len() - 1, &layer)
+                .and_then(|blob| backstore::detect::open_layer(blob, true));
+            match opened {
+                Ok(_) => tracing::info!(
+                    id,
+                    blob = %layer.digest,
+                    ms = started.elapsed().as_millis() as u64,
+                    "layer metadata fetched at pull"
+                ),
+                Err(e) => tracing::warn!(id, blob = %layer.digest, error = %e, "layer metadata not fetched at pull"),
+            }
+        })
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(id, error = %e, "cannot fetch the layer metadata at pull");
     }
 }
 

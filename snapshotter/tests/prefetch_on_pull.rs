@@ -192,6 +192,19 @@ fn threads(pid: u32, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Metadata ranges kept in the cache (`meta-<offset>-<len>` files).
+fn meta_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            n += meta_files(&e.path());
+        } else if e.file_name().to_string_lossy().starts_with("meta-") {
+            n += 1;
+        }
+    }
+    n
+}
+
 fn config_toml(cache: &Path, extra: &str) -> String {
     format!("{extra}[backstore.cacheConfig]\ncacheType = \"file\"\ncacheDir = \"{}\"\n", cache.display())
 }
@@ -223,11 +236,16 @@ fn the_trace_is_prefetched_at_pull_and_the_container_runs_without_the_registry()
     assert!(traced > 3_000_000 && blob_len > 3_000_000, "{traced} {blob_len}");
     assert!(cached >= blob_len * 9 / 10, "cache {cached} bytes after a prefetch of a {blob_len}-byte blob");
     assert!(proxy.bytes() >= blob_len * 9 / 10, "{} bytes from the registry", proxy.bytes());
+    // the remote layer's metadata (headers, jump table, index) was fetched at pull too, and is
+    // in the cache as such
+    wait_until("the layer metadata at pull", 60, || snap.log_text().contains("layer metadata fetched at pull"));
+    assert_eq!(meta_files(&cache), 2, "a head and a tail range");
     // the workers are gone once it finished
     let pid = snapshotter_pid(&snap.socket);
     wait_until("the warm-up threads to exit", 30, || {
         threads(pid, "obd-prefetch").is_empty() && threads(pid, "obd-warmup").is_empty()
     });
+    wait_until("the layer metadata threads to exit", 30, || threads(pid, "obd-layer-meta").is_empty());
 
     // with the registry gone, the container reads the traced file from the cache
     drop(proxy);
@@ -337,11 +355,13 @@ fn turned_off_nothing_is_prefetched_at_pull() {
     let pid = snapshotter_pid(&snap.socket);
     assert!(threads(pid, "obd-").is_empty(), "{:?}", threads(pid, "obd-"));
     assert!(du(&cache) < blob_len / 2, "cache {} bytes", du(&cache));
+    assert_eq!(meta_files(&cache), 0);
     // the device still replays the trace when the container starts
     let ran =
         ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "off1", "/bin/sh", "-c", "sha256sum /etc/big"]);
     assert!(ran.contains(&big_sha), "{ran}");
     assert!(!snap.log_text().contains("prefetch at pull"), "{}", snap.log_text());
+    assert!(!snap.log_text().contains("layer metadata"), "{}", snap.log_text());
     drop(ctrd);
     drop(snap);
 }

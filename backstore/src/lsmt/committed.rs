@@ -30,7 +30,7 @@ impl CommittedLayer {
             return Err(Error::format(&name, FORMAT, format!("{size} bytes is too small for a header and a trailer")));
         }
         let mut buf = vec![0u8; HEADER_SIZE as usize];
-        src.read_exact_at(&mut buf, 0, "LSMT header")?;
+        src.read_meta_at(&mut buf, 0, "LSMT header")?;
         let header = LsmtHeader::decode(&buf).ok_or_else(|| Error::format(&name, FORMAT, "bad magic in the header"))?;
         if !header.is_header() || !header.is_data() {
             return Err(Error::format(
@@ -39,7 +39,7 @@ impl CommittedLayer {
                 format!("header flags {:#x} are not those of a data file header", header.flags),
             ));
         }
-        src.read_exact_at(&mut buf, size - HEADER_SIZE, "LSMT trailer")?;
+        src.read_meta_at(&mut buf, size - HEADER_SIZE, "LSMT trailer")?;
         let trailer = LsmtHeader::decode(&buf).ok_or_else(|| {
             Error::format(&name, FORMAT, "no trailer (bad magic at the end): not a committed or sealed layer")
         })?;
@@ -74,7 +74,7 @@ impl CommittedLayer {
             ));
         }
         let mut raw = vec![0u8; (n * 16) as usize];
-        src.read_exact_at(&mut raw, io, "LSMT index")?;
+        src.read_meta_at(&mut raw, io, "LSMT index")?;
         let segs = decode_all(&raw);
         check_sorted(&segs).map_err(|r| Error::format(&name, FORMAT, r))?;
         let data_end = io / SECTOR;

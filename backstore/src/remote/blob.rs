@@ -4,11 +4,16 @@
 //!   request per run of consecutive chunks, and each chunk is handed to the cache (and to
 //!   whoever waits for it) as soon as its bytes have arrived.
 //! * **Adaptive read-ahead.** Reads that follow one another through the blob open a window of
-//!   chunks fetched ahead in the background: as large as what the run of reads has covered so
-//!   far, up to [`MAX_WINDOW`], in requests of up to [`MAX_REQUEST`]; a read elsewhere closes
+//!   chunks fetched ahead in the background: as many whole chunks as the run of reads has
+//!   covered so far, up to [`MAX_WINDOW`], in requests of up to [`MAX_REQUEST`]; a read elsewhere closes
 //!   it. So a large file read lazily streams at the link's speed instead of paying a round
 //!   trip per chunk, and small or random reads fetch little more than they need.
+//! * **Exact metadata reads.** What a layer reads once when it opens (headers, the jump table,
+//!   the index: [`ReadAt::read_meta_at`]) is fetched as just those bytes, rounded to
+//!   [`META_GRANULE`], not as whole chunks; the last few such ranges are kept in memory for the
+//!   reads of neighbouring metadata that follow.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -23,6 +28,10 @@ const UNCACHED_CHUNK: u64 = 256 << 10;
 pub const MAX_WINDOW: u64 = 2 << 20;
 /// The largest read-ahead request, bytes.
 pub const MAX_REQUEST: u64 = 512 << 10;
+/// Metadata reads fetch whole multiples of this, aligned, bytes.
+pub const META_GRANULE: u64 = 16 << 10;
+/// Metadata bytes kept in memory per blob, at most.
+const META_KEPT: usize = 1 << 20;
 /// Read-ahead requests in flight per blob, at most.
 const MAX_AHEAD_IN_FLIGHT: usize = 4;
 
@@ -170,6 +179,8 @@ pub struct RemoteBlob {
     ahead: Mutex<Ahead>,
     /// The downloaded copy, once there is one: reads go there.
     local: RwLock<Option<Arc<LocalFile>>>,
+    /// Ranges fetched by metadata reads (offset, bytes), newest last.
+    meta: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
 }
 
 impl RemoteBlob {
@@ -190,7 +201,13 @@ impl RemoteBlob {
             cache,
             in_flight: AtomicUsize::new(0),
         });
-        RemoteBlob { fetcher, name, ahead: Mutex::new(Ahead::default()), local: RwLock::new(None) }
+        RemoteBlob {
+            fetcher,
+            name,
+            ahead: Mutex::new(Ahead::default()),
+            local: RwLock::new(None),
+            meta: Mutex::default(),
+        }
     }
 
     /// The blob's digest.
@@ -205,7 +222,7 @@ impl RemoteBlob {
 
     /// Notes a read of `offset..end`: a read near the end of the current run (readers run side
     /// by side, so reads arrive a little out of order) extends the run and the window (as many
-    /// bytes as the run covered); a read elsewhere starts a new run with no window. Then starts fetching the next part of the window in the background.
+    /// whole chunks as the run covered); a read elsewhere starts a new run with no window. Then starts fetching the next part of the window in the background.
     fn read_ahead(&self, offset: u64, end: u64) {
         let f = &self.fetcher;
         if f.cache.is_none() {
@@ -225,7 +242,12 @@ impl RemoteBlob {
             };
             a.last_end = Some(frontier);
             a.streak += end - offset;
-            let window = a.streak.min(MAX_WINDOW).div_ceil(cs);
+            // whole chunks only: reads that together cover less than a chunk (file-system
+            // metadata, a small file) fetch nothing ahead
+            let window = a.streak.min(MAX_WINDOW) / cs;
+            if window == 0 {
+                return;
+            }
             let next = frontier.div_ceil(cs);
             let to = (next + window).min(f.chunk_count());
             let from = next.max(a.scheduled_to);
@@ -252,6 +274,18 @@ impl RemoteBlob {
             f.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.ahead.lock().unwrap_or_else(|p| p.into_inner()).scheduled_to = from;
         }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` from a kept metadata range, if one holds them all.
+    fn kept_meta(&self, buf: &mut [u8], offset: u64) -> bool {
+        let meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        let end = offset + buf.len() as u64;
+        let Some((at, bytes)) = meta.iter().find(|(at, b)| *at <= offset && end <= at + b.len() as u64) else {
+            return false;
+        };
+        let from = (offset - at) as usize;
+        buf.copy_from_slice(&bytes[from..from + buf.len()]);
+        true
     }
 
     /// From now on, reads come from `local` (the verified downloaded copy).
@@ -321,8 +355,63 @@ impl ReadAt for RemoteBlob {
         &self.name
     }
 
+    fn read_meta_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        let f = &self.fetcher;
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= f.size);
+        let Some(end) = end.filter(|&e| e > offset) else { return self.read_exact_at(buf, offset, what) };
+        let cs = f.chunk_size();
+        let cached = f.cache.as_ref().is_some_and(|c| (offset / cs..=(end - 1) / cs).all(|i| c.contains(&f.digest, i)));
+        if cached || self.is_local() {
+            return self.read_exact_at(buf, offset, what);
+        }
+        if self.kept_meta(buf, offset) {
+            return Ok(());
+        }
+        let from = offset / META_GRANULE * META_GRANULE;
+        let to = end.div_ceil(META_GRANULE).saturating_mul(META_GRANULE).min(f.size);
+        let stored = f.cache.as_ref().and_then(|c| c.load_extent(&f.digest, from, to - from));
+        let bytes = match stored {
+            Some(b) => b,
+            None => {
+                let b = self.fetch_uncached(from, (to - from) as usize)?;
+                if let Some(c) = &f.cache {
+                    if let Err(e) = c.store_extent(&f.digest, from, &b) {
+                        tracing::debug!(error = %e, "metadata not kept in the cache");
+                    }
+                }
+                b
+            }
+        };
+        if (bytes.len() as u64) < end - from {
+            return Err(Error::Truncated {
+                file: self.name.clone(),
+                what: what.to_string(),
+                offset,
+                end,
+                size: f.size,
+            });
+        }
+        buf.copy_from_slice(&bytes[(offset - from) as usize..(end - from) as usize]);
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        meta.push_back((from, Arc::new(bytes)));
+        while meta.iter().map(|(_, b)| b.len()).sum::<usize>() > META_KEPT {
+            meta.pop_front();
+        }
+        Ok(())
+    }
+
     fn invalidate(&self, offset: u64, len: u64) -> bool {
-        let Some(c) = &self.fetcher.cache else { return true }; // uncached: a new read fetches anew
+        let cache = self.fetcher.cache.as_ref();
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).retain(|(at, b)| {
+            let keep = at + b.len() as u64 <= offset || offset + len <= *at;
+            if !keep {
+                if let Some(c) = cache {
+                    c.drop_extent(&self.fetcher.digest, *at, b.len() as u64);
+                }
+            }
+            keep
+        });
+        let Some(c) = cache else { return true }; // uncached: a new read fetches anew
         let cs = c.chunk_size();
         for i in offset / cs..=(offset + len.max(1) - 1) / cs {
             c.drop_chunk(&self.fetcher.digest, i);

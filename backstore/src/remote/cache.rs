@@ -1,6 +1,7 @@
 //! The local cache of remote blobs: chunks of `refill` bytes, one file each under
-//! `<dir>/<hex[..2]>/<hex>/<chunk>`, kept across restarts, evicted least recently used past the
-//! size limit.
+//! `<dir>/<hex[..2]>/<hex>/<chunk>`, and metadata ranges fetched as they are (see
+//! [`BlobCache::load_extent`]) under `<dir>/<hex[..2]>/<hex>/meta-<offset>-<len>`; kept across
+//! restarts, evicted least recently used past the size limit.
 //!
 //! Each file ends with a CRC32C of its bytes, checked on every read: a chunk damaged on disk
 //! is dropped and fetched again, never served. Many threads asking for the same missing chunk
@@ -218,18 +219,42 @@ impl BlobCache {
     }
 
     /// True if chunk `index` of `digest` is on disk (not checked).
+    fn rel_extent(digest: &str, offset: u64, len: u64) -> PathBuf {
+        let h = hex_of(digest);
+        PathBuf::from(&h[..h.len().min(2)]).join(h).join(format!("meta-{offset}-{len}"))
+    }
+
+    /// The `len` bytes at `offset` of blob `digest` stored by [`Self::store_extent`], if they
+    /// are there and intact (a metadata range fetched as it is, not as chunks).
+    pub fn load_extent(&self, digest: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
+        self.load(&Self::rel_extent(digest, offset, len)).filter(|d| d.len() as u64 == len)
+    }
+
+    /// Keeps `data`, the bytes at `offset` of blob `digest`, for [`Self::load_extent`].
+    pub fn store_extent(&self, digest: &str, offset: u64, data: &[u8]) -> Result<()> {
+        self.store(&Self::rel_extent(digest, offset, data.len() as u64), data)
+    }
+
+    /// Forgets what [`Self::store_extent`] kept at `offset` (`len` bytes).
+    pub fn drop_extent(&self, digest: &str, offset: u64, len: u64) {
+        self.drop_rel(&Self::rel_extent(digest, offset, len));
+    }
+
+    fn drop_rel(&self, rel: &Path) {
+        let _ = std::fs::remove_file(self.dir.join(rel));
+        let mut lru = self.lock_lru();
+        if let Some((len, _)) = lru.entries.remove(rel) {
+            lru.total -= len;
+        }
+    }
+
     pub fn contains(&self, digest: &str, index: u64) -> bool {
         self.lock_lru().entries.contains_key(&Self::rel(digest, index))
     }
 
     /// Drops chunk `index` of `digest` (a reader found its bytes wrong).
     pub fn drop_chunk(&self, digest: &str, index: u64) {
-        let rel = Self::rel(digest, index);
-        let _ = std::fs::remove_file(self.dir.join(&rel));
-        let mut lru = self.lock_lru();
-        if let Some((len, _)) = lru.entries.remove(&rel) {
-            lru.total -= len;
-        }
+        self.drop_rel(&Self::rel(digest, index));
     }
 
     fn load(&self, rel: &Path) -> Option<Vec<u8>> {
@@ -279,14 +304,18 @@ impl BlobCache {
                 lru.total -= old;
             }
             lru.total += bytes.len() as u64;
+            // under the same lock: the total is never seen over the limit
+            self.evict_locked(&mut lru);
         }
-        self.evict();
         Ok(())
     }
 
     /// Removes least recently used chunks until the cache fits its limit.
     fn evict(&self) {
-        let mut lru = self.lock_lru();
+        self.evict_locked(&mut self.lock_lru());
+    }
+
+    fn evict_locked(&self, lru: &mut Lru) {
         if lru.total <= self.limit {
             return;
         }

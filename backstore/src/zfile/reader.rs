@@ -12,6 +12,10 @@ use crate::io::ReadAt;
 use crate::{Error, Result};
 
 const FORMAT: &str = "ZFile";
+/// The most stored bytes read at once for a run of whole blocks.
+const MAX_RUN_STORED: u64 = 2 << 20;
+/// Stored bytes before the jump table read along with it at open.
+const TAIL_SLACK: u64 = 32 << 10;
 /// Blocks per group of the compact offset table.
 const GROUP_SHIFT: u32 = 6;
 
@@ -26,6 +30,8 @@ struct LastBlock {
 
 thread_local! {
     static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Stored bytes of a run of blocks read at once.
+    static RUN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static RAW: RefCell<LastBlock> = const { RefCell::new(LastBlock { file: 0, block: 0, data: Vec::new() }) };
 }
 
@@ -66,7 +72,7 @@ impl ZFile {
             return Err(bad(format!("{size} bytes is too small for a header and a trailer")));
         }
         let mut raw = [0u8; 512];
-        src.read_exact_at(&mut raw, 0, "ZFile header")?;
+        src.read_meta_at(&mut raw, 0, "ZFile header")?;
         let h = ZFileHeader::decode(&raw).ok_or_else(|| bad("bad magic".into()))?;
         if !h.has(flags::HEADER) {
             return Err(bad("the header flag is not set at offset 0".into()));
@@ -83,7 +89,7 @@ impl ZFile {
             if !h.has(flags::DATA) {
                 return Err(bad("the header lacks the data flag".into()));
             }
-            src.read_exact_at(&mut raw, size - HEADER_SIZE, "ZFile trailer")?;
+            src.read_meta_at(&mut raw, size - HEADER_SIZE, "ZFile trailer")?;
             let t =
                 ZFileHeader::decode(&raw).ok_or_else(|| bad("bad magic in the trailer (truncated file?)".into()))?;
             if t.has(flags::HEADER) || !t.has(flags::DATA) || !t.has(flags::SEALED) {
@@ -117,8 +123,12 @@ impl ZFile {
                 effective.original_file_size
             )));
         }
-        let mut table = vec![0u8; (n * 4) as usize];
-        src.read_exact_at(&mut table, io, "ZFile jump table")?;
+        // The LSMT trailer and index are in the last blocks, just before the table: read some
+        // of them with it (a remote source keeps them for the reads that follow).
+        let slack = TAIL_SLACK.min(io.saturating_sub(HEADER_SIZE));
+        let mut table = vec![0u8; (slack + n * 4) as usize];
+        src.read_meta_at(&mut table, io - slack, "ZFile jump table")?;
+        let table = table.split_off(slack as usize);
         if effective.has(flags::DIGEST) && raw_crc32c(&table, SEED_HEADER) != effective.index_crc {
             return Err(bad(format!(
                 "jump table CRC {:#010x} does not match the stored {:#010x}: the index is corrupt",
@@ -272,6 +282,54 @@ impl ZFile {
         })
     }
 
+    /// Decompresses blocks `first..end` into `dst` (exactly their raw length), reading their
+    /// stored bytes with one read of the source: a remote source then fetches them with one
+    /// request instead of one per block. A block whose CRC fails is read again on its own
+    /// ([`Self::read_block`] drops a cached copy and retries).
+    fn read_blocks(&self, first: u64, end: u64, dst: &mut [u8]) -> Result<()> {
+        let start = self.block_offset(first);
+        let len = (self.block_offset(end) - start) as usize;
+        RUN.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < len {
+                s.resize(len, 0);
+            }
+            let stored = &mut s[..len];
+            if self.src.read_at(stored, start)? < len {
+                return Err(Error::Truncated {
+                    file: self.src.name().to_string(),
+                    what: format!("ZFile blocks {first}..{end}"),
+                    offset: start,
+                    end: start + len as u64,
+                    size: self.src.size(),
+                });
+            }
+            let mut at = 0usize;
+            for i in first..end {
+                let raw = self.raw_len(i);
+                let out = &mut dst[at..at + raw];
+                at += raw;
+                let (o, e) = ((self.block_offset(i) - start) as usize, (self.block_offset(i + 1) - start) as usize);
+                let block = &stored[o..e];
+                let data = if self.header.verify {
+                    if self.verify && self.check_crc(i, start + o as u64, block).is_err() {
+                        self.read_block(i, out)?;
+                        continue;
+                    }
+                    &block[..block.len() - 4]
+                } else {
+                    block
+                };
+                self.algo.decompress(data, out).map_err(|reason| Error::Decompress {
+                    file: self.src.name().to_string(),
+                    block: i,
+                    reason,
+                })?;
+            }
+            Ok(())
+        })
+    }
+
     /// Checks the CRC of every block; fails on the first mismatch (naming the block), or if the
     /// file has no CRCs.
     pub fn verify_all(&self) -> Result<()> {
@@ -313,7 +371,23 @@ impl ReadAt for ZFile {
             let raw_len = self.raw_len(i);
             let n = (raw_len - in_block).min(len - done);
             if in_block == 0 && n == raw_len {
-                self.read_block(i, &mut buf[done..done + n])?;
+                // as many whole blocks as the buffer holds, their stored bytes in one read
+                let mut j = i + 1;
+                let mut raw = n;
+                while j < self.blocks
+                    && raw + self.raw_len(j) <= len - done
+                    && self.block_offset(j + 1) - self.block_offset(i) <= MAX_RUN_STORED
+                {
+                    raw += self.raw_len(j);
+                    j += 1;
+                }
+                if j - i == 1 {
+                    self.read_block(i, &mut buf[done..done + n])?;
+                } else {
+                    self.read_blocks(i, j, &mut buf[done..done + raw])?;
+                    done += raw;
+                    continue;
+                }
             } else {
                 RAW.with(|r| -> Result<()> {
                     let r = &mut *r.borrow_mut();
@@ -340,6 +414,43 @@ impl ReadAt for ZFile {
 
     fn name(&self) -> &str {
         self.src.name()
+    }
+
+    /// Decompresses the blocks holding the range from their stored bytes, read from the source
+    /// as metadata too; a block whose CRC fails makes it a normal read (which reads it again).
+    fn read_meta_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.raw_size && e > offset);
+        let Some(end) = end else { return self.read_exact_at(buf, offset, what) };
+        let (first, last) = (offset / self.block_size, (end - 1) / self.block_size);
+        let start = self.block_offset(first);
+        let mut stored = vec![0u8; (self.block_offset(last + 1) - start) as usize];
+        self.src.read_meta_at(&mut stored, start, what)?;
+        let mut raw = vec![0u8; self.block_size as usize];
+        for i in first..=last {
+            let (o, e) = (self.block_offset(i), self.block_offset(i + 1));
+            let block = &stored[(o - start) as usize..(e - start) as usize];
+            let data = if self.header.verify {
+                if self.verify && self.check_crc(i, o, block).is_err() {
+                    self.src.invalidate(o, e - o);
+                    return self.read_exact_at(buf, offset, what);
+                }
+                &block[..block.len() - 4]
+            } else {
+                block
+            };
+            let raw = &mut raw[..self.raw_len(i)];
+            self.algo.decompress(data, raw).map_err(|reason| Error::Decompress {
+                file: self.src.name().to_string(),
+                block: i,
+                reason,
+            })?;
+            // the part of this block inside the range
+            let block_start = i * self.block_size;
+            let (from, to) = (offset.max(block_start), end.min(block_start + raw.len() as u64));
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&raw[(from - block_start) as usize..(to - block_start) as usize]);
+        }
+        Ok(())
     }
 }
 
@@ -401,6 +512,63 @@ mod tests {
             }
             e => panic!("{e}"),
         }
+    }
+
+    /// A source that counts its reads and, like a cache holding a bad copy, serves one byte
+    /// flipped until it is invalidated.
+    struct Flaky {
+        data: Vec<u8>,
+        bad_at: std::sync::Mutex<Option<u64>>,
+        reads: AtomicU64,
+    }
+
+    impl ReadAt for Flaky {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let n = buf.len().min(self.data.len().saturating_sub(offset as usize));
+            buf[..n].copy_from_slice(&self.data[offset as usize..offset as usize + n]);
+            if let Some(b) = *self.bad_at.lock().unwrap() {
+                if (offset..offset + n as u64).contains(&b) {
+                    buf[(b - offset) as usize] ^= 0xff;
+                }
+            }
+            Ok(n)
+        }
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn invalidate(&self, offset: u64, len: u64) -> bool {
+            let mut b = self.bad_at.lock().unwrap();
+            if b.is_some_and(|b| (offset..offset + len).contains(&b)) {
+                *b = None;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn whole_blocks_are_read_from_the_source_at_once_and_a_bad_copy_is_read_again() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut w = ZFileWriter::new(Vec::new(), ZFileOptions::default()).unwrap();
+        w.push(&data).unwrap();
+        let (out, _) = w.finish().unwrap();
+        let src = Arc::new(Flaky { data: out, bad_at: std::sync::Mutex::new(None), reads: AtomicU64::new(0) });
+        let z = ZFile::open(src.clone(), true).unwrap();
+        let before = src.reads.load(Ordering::Relaxed);
+        // 20 whole blocks plus a part of one at each end: one read for the run, one per part
+        let mut x = vec![0u8; 20 * 4096 + 200];
+        assert_eq!(z.read_at(&mut x, 4096 - 100).unwrap(), x.len());
+        assert_eq!(x, data[4096 - 100..4096 - 100 + x.len()]);
+        assert_eq!(src.reads.load(Ordering::Relaxed) - before, 3);
+        // a bad byte inside block 7 of a run: that block is read again, the data is right
+        *src.bad_at.lock().unwrap() = Some(z.block_offset(7) + 10);
+        let mut x = vec![0u8; 16 * 4096];
+        assert_eq!(z.read_at(&mut x, 0).unwrap(), x.len());
+        assert_eq!(x, data[..x.len()]);
+        assert!(src.bad_at.lock().unwrap().is_none(), "the bad copy was dropped");
     }
 
     /// A source that reports a size larger than what it can read.

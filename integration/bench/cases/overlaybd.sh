@@ -11,7 +11,7 @@ case_proxy_plugin() { # $1 = per-run dir
 }
 case_prepare() { # $1 = source ref on the unthrottled registry; prints the tag to pull
 	local repo=${1%:*} tag=${1##*:}
-	"$OBD_BIN/overlaybd-convertor" -r "$repo" -i "$tag" -o obd --plain -d "$(dirname "$CTR_ADDRESS")/obd-work" \
+	"$OBD_BIN/overlaybd-convertor" -r "$repo" -i "$tag" -o obd --plain --algorithm "${OBD_ALGORITHM:-lz4}" -d "$(dirname "$CTR_ADDRESS")/obd-work" \
 		--db-type none >&2
 	echo obd
 }
