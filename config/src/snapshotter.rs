@@ -104,8 +104,9 @@ pub struct SnapshotterConfig {
     pub frontend: String,
     /// Runtime state of the frontends (FUSE mount points); emptied on reboot.
     pub run_dir: PathBuf,
-    /// Replay an acceleration layer's trace into the chunk cache as soon as the layer is
-    /// pulled (committed), rather than only when a container's device opens.
+    /// At pull (a layer committed): fetch each remote layer's metadata into the cache, and
+    /// replay an acceleration layer's trace into the chunk cache, rather than only when a
+    /// container's device opens.
     pub prefetch_on_pull: bool,
     /// The backstore settings (cache, credentials, download, p2p). When absent the reference's
     /// `/etc/overlaybd/overlaybd.json` is read, and without that file the cache lives under

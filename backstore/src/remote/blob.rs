@@ -369,18 +369,16 @@ impl ReadAt for RemoteBlob {
         }
         let from = offset / META_GRANULE * META_GRANULE;
         let to = end.div_ceil(META_GRANULE).saturating_mul(META_GRANULE).min(f.size);
-        let stored = f.cache.as_ref().and_then(|c| c.load_extent(&f.digest, from, to - from));
-        let bytes = match stored {
-            Some(b) => b,
-            None => {
-                let b = self.fetch_uncached(from, (to - from) as usize)?;
-                if let Some(c) = &f.cache {
-                    if let Err(e) = c.store_extent(&f.digest, from, &b) {
-                        tracing::debug!(error = %e, "metadata not kept in the cache");
-                    }
-                }
-                b
-            }
+        let len = (to - from) as usize;
+        // from the cache, or shared with another opening of the layer (the warm-up at pull)
+        let bytes: Arc<Vec<u8>> = match f.cache.as_ref().map(|c| c.claim_extent(&f.digest, from, to - from)) {
+            Some(Claim::Cached(b)) => b,
+            Some(Claim::Wait(w)) => match w.wait() {
+                Ok(b) => b,
+                Err(_) => Arc::new(self.fetch_uncached(from, len)?),
+            },
+            Some(Claim::Fetch(lead)) => lead.complete(self.fetch_uncached(from, len))?,
+            None => Arc::new(self.fetch_uncached(from, len)?),
         };
         if (bytes.len() as u64) < end - from {
             return Err(Error::Truncated {
@@ -393,7 +391,7 @@ impl ReadAt for RemoteBlob {
         }
         buf.copy_from_slice(&bytes[(offset - from) as usize..(end - from) as usize]);
         let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
-        meta.push_back((from, Arc::new(bytes)));
+        meta.push_back((from, bytes));
         while meta.iter().map(|(_, b)| b.len()).sum::<usize>() > META_KEPT {
             meta.pop_front();
         }

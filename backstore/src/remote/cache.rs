@@ -1,6 +1,6 @@
 //! The local cache of remote blobs: chunks of `refill` bytes, one file each under
 //! `<dir>/<hex[..2]>/<hex>/<chunk>`, and metadata ranges fetched as they are (see
-//! [`BlobCache::load_extent`]) under `<dir>/<hex[..2]>/<hex>/meta-<offset>-<len>`; kept across
+//! [`BlobCache::claim_extent`]) under `<dir>/<hex[..2]>/<hex>/meta-<offset>-<len>`; kept across
 //! restarts, evicted least recently used past the size limit.
 //!
 //! Each file ends with a CRC32C of its bytes, checked on every read: a chunk damaged on disk
@@ -194,7 +194,16 @@ impl BlobCache {
     /// (wait for it), or missing, in which case the caller now owns its fetch and must
     /// [`complete`](Lead::complete) it (dropping the lead fails the waiters).
     pub fn claim(&self, digest: &str, index: u64) -> Claim<'_> {
-        let rel = Self::rel(digest, index);
+        self.claim_rel(Self::rel(digest, index), format!("{digest} chunk {index}"))
+    }
+
+    /// As [`Self::claim`], for the `len` bytes at `offset` of blob `digest` kept as they are
+    /// (a metadata range, not chunks): from disk, from another thread's fetch, or to fetch.
+    pub fn claim_extent(&self, digest: &str, offset: u64, len: u64) -> Claim<'_> {
+        self.claim_rel(Self::rel_extent(digest, offset, len), format!("{digest} bytes {offset}+{len}"))
+    }
+
+    fn claim_rel(&self, rel: PathBuf, what: String) -> Claim<'_> {
         if let Some(data) = self.load(&rel) {
             return Claim::Cached(Arc::new(data));
         }
@@ -207,7 +216,6 @@ impl BlobCache {
             }
             f = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         }
-        let what = format!("{digest} chunk {index}");
         match f.get(&rel) {
             Some(x) => Claim::Wait(Waiter { flight: x.clone(), what }),
             None => {
@@ -224,18 +232,7 @@ impl BlobCache {
         PathBuf::from(&h[..h.len().min(2)]).join(h).join(format!("meta-{offset}-{len}"))
     }
 
-    /// The `len` bytes at `offset` of blob `digest` stored by [`Self::store_extent`], if they
-    /// are there and intact (a metadata range fetched as it is, not as chunks).
-    pub fn load_extent(&self, digest: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
-        self.load(&Self::rel_extent(digest, offset, len)).filter(|d| d.len() as u64 == len)
-    }
-
-    /// Keeps `data`, the bytes at `offset` of blob `digest`, for [`Self::load_extent`].
-    pub fn store_extent(&self, digest: &str, offset: u64, data: &[u8]) -> Result<()> {
-        self.store(&Self::rel_extent(digest, offset, data.len() as u64), data)
-    }
-
-    /// Forgets what [`Self::store_extent`] kept at `offset` (`len` bytes).
+    /// Forgets the range [`Self::claim_extent`] kept at `offset` (`len` bytes).
     pub fn drop_extent(&self, digest: &str, offset: u64, len: u64) {
         self.drop_rel(&Self::rel_extent(digest, offset, len));
     }

@@ -8,7 +8,7 @@ CASE_SNAPSHOTTER=obdtrace
 case_prepare() {
 	local repo=${1%:*} tag=${1##*:}
 	local cmd=${RUN_CMD:-cat /etc/hello.txt}
-	"$OBD_BIN/overlaybd-convertor" -r "$repo" -i "$tag" -o obd --plain -d "$(dirname "$CTR_ADDRESS")/obd-work" \
+	"$OBD_BIN/overlaybd-convertor" -r "$repo" -i "$tag" -o obd --plain --algorithm "$OBD_ALGORITHM" -d "$(dirname "$CTR_ADDRESS")/obd-work" \
 		--db-type none >&2 || return 1
 	"$OBD_BIN/ctr-obd" --address "$CTR_ADDRESS" rpull --plain-http --snapshotter "$CASE_SNAPSHOTTER" "$repo:obd" >&2 ||
 		return 1
