@@ -1,5 +1,5 @@
-//! The command line (`snapshotter.md` §10.1, §10.3): global containerd flags and the `rpull` and
-//! `obdconv` subcommands with the registry flags of `ctr`.
+//! The command line (`snapshotter.md` §10.1, §10.3): global containerd flags and the `rpull`,
+//! `obdconv`, `record-trace` and `push` subcommands with the registry flags of `ctr`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// `ctr-obd`: ctr extensions for overlaybd images.
 #[derive(Debug, Parser)]
-#[command(name = "ctr-obd", version, about = "ctr extensions for overlaybd images (rpull, obdconv, record-trace)")]
+#[command(
+    name = "ctr-obd",
+    version,
+    about = "ctr extensions for overlaybd images (rpull, obdconv, record-trace, push)"
+)]
 pub struct Cli {
     /// containerd's gRPC socket.
     #[arg(
@@ -42,6 +46,9 @@ pub enum Command {
     /// running a temporary container, or a priority list) on top.
     #[command(name = "record-trace")]
     RecordTrace(RecordTraceArgs),
+    /// Push an image of containerd's store to a registry, also when its layers were pulled
+    /// lazily (blobs the registry has are skipped, blobs of the source repository mounted).
+    Push(PushArgs),
 }
 
 /// The registry flags of `ctr` (`commands.RegistryFlags`).
@@ -114,6 +121,18 @@ pub struct RpullArgs {
     pub download_blobs: bool,
     /// The image, fully qualified: `host/repository:tag` or `host/repository@sha256:...`.
     pub reference: String,
+}
+
+/// `ctr-obd push` (the arguments of `ctr image push`).
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+    /// Where to push, fully qualified: `host/repository:tag`.
+    pub remote: String,
+    /// The image in containerd's store (default: REMOTE).
+    pub local: Option<String>,
 }
 
 /// `ctr-obd obdconv`.

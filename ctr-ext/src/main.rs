@@ -3,12 +3,13 @@
 //!
 //! * `rpull`: a lazy pull through the overlaybd snapshotter (no layer data is downloaded);
 //! * `obdconv`: an image in containerd's store converted to overlaybd in user space;
-//! * `record-trace`: an overlaybd image with an acceleration layer (a recorded trace) on top.
+//! * `record-trace`: an overlaybd image with an acceleration layer (a recorded trace) on top;
+//! * `push`: an image pushed to a registry, also when its layers were pulled lazily.
 //!
 //! Modules: [`cli`] (flags), [`containerd`] (client, namespace, lease, bounded calls),
 //! [`content`] (content store), [`images`] (image records), [`manifest`] (image documents),
 //! [`registry`] (registry reads), [`unpack`] (layers through a snapshotter), [`rpull`],
-//! [`obdconv`], [`record`] (record-trace) with [`accel`] (the acceleration layer), [`runspec`]
+//! [`obdconv`], [`push`], [`record`] (record-trace) with [`accel`] (the acceleration layer), [`runspec`]
 //! (the container's runtime spec) and [`cni`] (its network), [`bounded`] (`--timeout` and
 //! signals), [`error`].
 
@@ -22,6 +23,7 @@ mod error;
 mod images;
 mod manifest;
 mod obdconv;
+mod push;
 mod record;
 mod registry;
 mod rpull;
@@ -51,6 +53,7 @@ fn main() {
             Command::Rpull(a) => rpull::run(&cli.address, &cli.namespace, cli.timeout, a).await,
             Command::Obdconv(a) => obdconv::run(&cli.address, &cli.namespace, cli.timeout, a).await,
             Command::RecordTrace(a) => record::run(&cli.address, &cli.namespace, cli.timeout, a).await,
+            Command::Push(a) => push::run(&cli.address, &cli.namespace, cli.timeout, a).await,
         }
     });
     // a layer build cut short by --timeout may still run on a blocking thread: do not wait for it

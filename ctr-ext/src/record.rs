@@ -671,6 +671,10 @@ async fn build(cd: &Containerd, args: &RecordTraceArgs, old: &Old, trace: &Path)
     for (i, l) in old.manifest.layers.iter().chain(std::iter::once(&layer)).enumerate() {
         labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
     }
+    // where OLD came from: `ctr-obd push` mounts the lazily pulled layers from there
+    if let Some(info) = content::info(cd, &old.manifest_desc.digest).await? {
+        labels.extend(info.labels.into_iter().filter(|(k, _)| k.starts_with("containerd.io/distribution.source.")));
+    }
     let desc = content::write_bytes(cd, &media_type, &new_manifest, &labels).await?;
     // the layer unpacked as containerd's pull unpacker would (its annotations as labels: the
     // snapshotter stacks it as an acceleration layer), so that NEW runs here right away: the

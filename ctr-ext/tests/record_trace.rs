@@ -234,10 +234,41 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
     assert_eq!(std::fs::read(Path::new(last).join("trace")).unwrap(), trace);
     assert!(cfg.get("recordTracePath").is_none(), "{cfg}");
 
+    // NEW is pushed with ctr-obd push: to another repository, the lazily pulled layer is
+    // mounted from the one it came from, the rest uploaded; to the same one, the layer is there
+    let published = format!("{}/test/published:trace", reg.host);
+    let out = ctr_obd(&ctrd, &tmp, &["push", "--plain-http", &published, &new]);
+    eprintln!("{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), old_layers.len() + 3, "{out}");
+    assert!(lines[0].ends_with("mounted from the source repository"), "{out}");
+    assert!(lines[old_layers.len()].ends_with("uploaded"), "the acceleration layer: {out}");
+    assert!(lines[old_layers.len() + 1].starts_with("config ") && lines[old_layers.len() + 1].ends_with("uploaded"));
+    assert_eq!(lines.last().unwrap(), &format!("pushed {published} ({digest})"));
+    let again = ctr_obd(&ctrd, &tmp, &["push", "--plain-http", &format!("{}/test/bbtrace:copy", reg.host), &new]);
+    assert!(again.lines().next().unwrap().ends_with("already in the repository"), "{again}");
+    // what the registry serves is NEW, and runs when pulled lazily from there
+    ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &published]);
+    assert_eq!(image_target(&ctrd, &published), digest);
+    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &published, "pub1", "/bin/sh", "-c", READS]);
+    assert!(ran.contains("keep\n") && ran.contains(&big_sha), "{ran}");
+    ctrd.ctr(&["image", "rm", "--sync", &published]);
+
     // removing NEW removes what it holds; OLD still runs
     ctrd.ctr(&["image", "rm", "--sync", &new]);
     let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "old1", "/bin/sh", "-c", READS]);
     assert!(ran.contains(&big_sha), "{ran}");
+
+    // a lazily pulled layer gone from every repository: push names it, and tags nothing
+    reg.delete_blob(old_layers[0]["digest"].as_str().unwrap());
+    let lost = format!("{}/other/y:t", reg.host);
+    let e = ctr_obd_fails(&ctrd, &tmp, &["push", "--plain-http", &lost, &img]);
+    assert!(e.contains("layer 0") && e.contains("content store") && e.contains("mounting it from test/bbtrace"), "{e}");
+    let inspect = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{lost}")])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "the tag was pushed: {}", String::from_utf8_lossy(&inspect.stdout));
     drop(ctrd);
     drop(snap);
 }

@@ -15,8 +15,7 @@ case_prepare() {
 	"$OBD_BIN/ctr-obd" --address "$CTR_ADDRESS" record-trace --time "${OBD_TRACE_TIME:-60}" \
 		--disable-network-isolation --snapshotter "$CASE_SNAPSHOTTER" --working-dir "$(dirname "$CTR_ADDRESS")/traces" \
 		"$repo:obd" "$repo:obd-trace" sh -c "$cmd" >&2 || return 1
-	# (ctr push wants every blob in the content store; the lazily pulled layers are not)
-	$CTR content fetch --plain-http "$repo:obd" >/dev/null 2>&1 || return 1
-	$CTR image push --plain-http "$repo:obd-trace" >&2 || return 1
+	# (the lazily pulled layers are mounted from $repo, where they are; the acceleration layer uploaded)
+	"$OBD_BIN/ctr-obd" --address "$CTR_ADDRESS" push --plain-http "$repo:obd-trace" >&2 || return 1
 	echo obd-trace
 }
