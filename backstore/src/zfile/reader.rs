@@ -232,6 +232,33 @@ impl ZFile {
         Ok(())
     }
 
+    /// The error for a source that ended inside `len` stored bytes at `offset`.
+    fn truncated(&self, what: String, offset: u64, len: usize) -> Error {
+        Error::Truncated {
+            file: self.src.name().to_string(),
+            what,
+            offset,
+            end: offset + len as u64,
+            size: self.src.size(),
+        }
+    }
+
+    /// Whether block CRCs are checked on reads (the file has them and `verify` was asked).
+    fn checks_crc(&self) -> bool {
+        self.header.verify && self.verify
+    }
+
+    /// Decompresses block `i` from its stored bytes (with its CRC when the file has CRCs,
+    /// already checked when wanted) into `dst` (exactly its raw length).
+    fn decompress(&self, i: u64, stored: &[u8], dst: &mut [u8]) -> Result<()> {
+        let data = if self.header.verify { &stored[..stored.len() - 4] } else { stored };
+        self.algo.decompress(data, dst).map_err(|reason| Error::Decompress {
+            file: self.src.name().to_string(),
+            block: i,
+            reason,
+        })
+    }
+
     /// Decompresses block `i` into `dst` (exactly its raw length).
     pub fn read_block(&self, i: u64, dst: &mut [u8]) -> Result<()> {
         let off = self.block_offset(i);
@@ -244,41 +271,26 @@ impl ZFile {
             let stored = &mut s[..len];
             // Not `read_exact_at`: its description would be formatted on every read.
             if self.src.read_at(stored, off)? < len {
-                return Err(Error::Truncated {
-                    file: self.src.name().to_string(),
-                    what: format!("ZFile block {i}"),
-                    offset: off,
-                    end: off + len as u64,
-                    size: self.src.size(),
-                });
+                return Err(self.truncated(format!("ZFile block {i}"), off, len));
             }
-            let data = if self.header.verify {
-                if self.verify {
+            if self.checks_crc() {
+                if let Err(e) = self.check_crc(i, off, stored) {
+                    // A cached copy may be what is wrong: drop it and read once more.
+                    if !self.src.invalidate(off, len as u64) {
+                        return Err(e);
+                    }
+                    tracing::warn!(file = self.src.name(), block = i, "checksum failed: reading the block again");
+                    if self.src.read_at(stored, off)? < len {
+                        return Err(e);
+                    }
                     if let Err(e) = self.check_crc(i, off, stored) {
-                        // A cached copy may be what is wrong: drop it and read once more.
-                        if !self.src.invalidate(off, len as u64) {
-                            return Err(e);
-                        }
-                        tracing::warn!(file = self.src.name(), block = i, "checksum failed: reading the block again");
-                        if self.src.read_at(stored, off)? < len {
-                            return Err(e);
-                        }
-                        if let Err(e) = self.check_crc(i, off, stored) {
-                            // Still wrong: keep no copy of it either.
-                            self.src.invalidate(off, len as u64);
-                            return Err(e);
-                        }
+                        // Still wrong: keep no copy of it either.
+                        self.src.invalidate(off, len as u64);
+                        return Err(e);
                     }
                 }
-                &stored[..len - 4]
-            } else {
-                &stored[..]
-            };
-            self.algo.decompress(data, dst).map_err(|reason| Error::Decompress {
-                file: self.src.name().to_string(),
-                block: i,
-                reason,
-            })
+            }
+            self.decompress(i, stored, dst)
         })
     }
 
@@ -296,13 +308,7 @@ impl ZFile {
             }
             let stored = &mut s[..len];
             if self.src.read_at(stored, start)? < len {
-                return Err(Error::Truncated {
-                    file: self.src.name().to_string(),
-                    what: format!("ZFile blocks {first}..{end}"),
-                    offset: start,
-                    end: start + len as u64,
-                    size: self.src.size(),
-                });
+                return Err(self.truncated(format!("ZFile blocks {first}..{end}"), start, len));
             }
             let mut at = 0usize;
             for i in first..end {
@@ -311,20 +317,11 @@ impl ZFile {
                 at += raw;
                 let (o, e) = ((self.block_offset(i) - start) as usize, (self.block_offset(i + 1) - start) as usize);
                 let block = &stored[o..e];
-                let data = if self.header.verify {
-                    if self.verify && self.check_crc(i, start + o as u64, block).is_err() {
-                        self.read_block(i, out)?;
-                        continue;
-                    }
-                    &block[..block.len() - 4]
+                if self.checks_crc() && self.check_crc(i, start + o as u64, block).is_err() {
+                    self.read_block(i, out)?;
                 } else {
-                    block
-                };
-                self.algo.decompress(data, out).map_err(|reason| Error::Decompress {
-                    file: self.src.name().to_string(),
-                    block: i,
-                    reason,
-                })?;
+                    self.decompress(i, block, out)?;
+                }
             }
             Ok(())
         })
@@ -429,21 +426,12 @@ impl ReadAt for ZFile {
         for i in first..=last {
             let (o, e) = (self.block_offset(i), self.block_offset(i + 1));
             let block = &stored[(o - start) as usize..(e - start) as usize];
-            let data = if self.header.verify {
-                if self.verify && self.check_crc(i, o, block).is_err() {
-                    self.src.invalidate(o, e - o);
-                    return self.read_exact_at(buf, offset, what);
-                }
-                &block[..block.len() - 4]
-            } else {
-                block
-            };
+            if self.checks_crc() && self.check_crc(i, o, block).is_err() {
+                self.src.invalidate(o, e - o);
+                return self.read_exact_at(buf, offset, what);
+            }
             let raw = &mut raw[..self.raw_len(i)];
-            self.algo.decompress(data, raw).map_err(|reason| Error::Decompress {
-                file: self.src.name().to_string(),
-                block: i,
-                reason,
-            })?;
+            self.decompress(i, block, raw)?;
             // the part of this block inside the range
             let block_start = i * self.block_size;
             let (from, to) = (offset.max(block_start), end.min(block_start + raw.len() as u64));
