@@ -114,6 +114,16 @@ fn check_trace(t: &[u8], layers: u32) -> Vec<(u8, u32, u64, u64)> {
     recs
 }
 
+/// Trace `t` with each record changed by `f`, its CRC made right again: a well-formed trace
+/// that does not belong to the image.
+fn with_records(t: &[u8], f: impl Fn(&mut [u8])) -> Vec<u8> {
+    let mut out = t.to_vec();
+    out[24..].chunks_mut(24).for_each(f);
+    let crc = raw_crc32c(&out[24..]);
+    out[16..20].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
 /// The device configs of the snapshotter's snapshots: (snapshot dir, config).
 fn device_configs(snap: &Snapshotter) -> Vec<(PathBuf, serde_json::Value)> {
     let mut out = Vec::new();
@@ -258,6 +268,42 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
     ctrd.ctr(&["image", "rm", "--sync", &new]);
     let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "old1", "/bin/sh", "-c", READS]);
     assert!(ran.contains(&big_sha), "{ran}");
+
+    // a trace that cannot be used (corrupt, truncated, from another image) is refused with one
+    // log line naming it and why; the container still starts and reads what the image holds.
+    // Each time the image is pulled afresh (its device opens anew) and its trace replaced.
+    let mut flipped = trace.clone();
+    flipped[24 + 9] ^= 0x40;
+    let foreign = with_records(&trace, |r| {
+        let off = u64::from_le_bytes(r[16..24].try_into().unwrap()) + (1 << 40);
+        r[16..24].copy_from_slice(&off.to_le_bytes());
+    });
+    let unusable: [(&str, Vec<u8>, &str); 3] = [
+        ("corrupt", flipped, "checksum mismatch"),
+        ("truncated", trace[..trace.len() - 7].to_vec(), "truncated"),
+        ("foreign", foreign, "outside its data area"),
+    ];
+    for (name, bad, reason) in unusable {
+        ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &published]);
+        let traces: Vec<PathBuf> = std::fs::read_dir(snap.root.join("snapshots"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("fs/trace"))
+            .filter(|p| p.is_file())
+            .collect();
+        assert_eq!(traces.len(), 1, "{name}: one acceleration layer expected: {traces:?}");
+        std::fs::write(&traces[0], &bad).unwrap();
+        let log_before = snap.log_text().len();
+        let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &published, name, "/bin/sh", "-c", READS]);
+        assert!(ran.contains("keep\n") && ran.contains(&big_sha), "{name}: {ran}");
+        let log = snap.log_text()[log_before..].to_string();
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains("trace ignored")).collect();
+        assert_eq!(refused.len(), 1, "{name}: one line expected:\n{log}");
+        assert!(refused[0].contains(traces[0].to_str().unwrap()) && refused[0].contains(reason), "{name}: {log}");
+        assert!(!log.contains("panicked"), "{name}: {log}");
+        eprintln!("{name}: {}", refused[0]);
+        ctrd.ctr(&["image", "rm", "--sync", &published]);
+    }
 
     // a lazily pulled layer gone from every repository: push names it, and tags nothing
     reg.delete_blob(old_layers[0]["digest"].as_str().unwrap());
