@@ -780,3 +780,40 @@ fn opening_a_remote_layer_fetches_its_metadata_not_whole_chunks_and_keeps_it_in_
     layer.read_at(&mut buf, 0).unwrap();
     assert!(buf[..] == model[..4096]);
 }
+
+#[test]
+fn a_read_of_bytes_a_metadata_read_fetched_goes_to_no_registry() {
+    use backstore::remote::blob::META_GRANULE;
+    const CHUNK: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = random(16 * CHUNK as usize, 11);
+    let reg = Registry::start();
+    let digest = reg.push_blob("test/metadata", &blob);
+    let url = reg.blob_url("test/metadata");
+    let client = Arc::new(RegistryClient::new(ClientOptions::default()).unwrap());
+    let cache = BlobCache::open(&dir.path().join("cache"), 1 << 30, CHUNK).unwrap();
+    let b = RemoteBlob::new(client, &url, &digest, blob.len() as u64, Some(cache));
+    let gets = || {
+        std::thread::sleep(Duration::from_millis(300)); // (the registry logs a request after it)
+        written_per_get(&reg.log_text()).len()
+    };
+    // a tail as a layer's open reads it: whole granules are fetched, from `from` on
+    let tail = blob.len() as u64 - 2 * META_GRANULE - 100;
+    let from = tail / META_GRANULE * META_GRANULE;
+    let mut m = vec![0u8; (2 * META_GRANULE) as usize];
+    b.read_meta_at(&mut m, tail, "the tail").unwrap();
+    assert!(m[..] == blob[tail as usize..tail as usize + m.len()]);
+    let after_meta = gets();
+    // data reads inside those bytes (the last compressed blocks, before the tail) fetch nothing
+    for (at, len) in [(from, 4096usize), (from + 100, 8192), (blob.len() as u64 - 10, 10)] {
+        let mut buf = vec![0u8; len];
+        assert_eq!(b.read_at(&mut buf, at).unwrap(), len);
+        assert!(buf[..] == blob[at as usize..at as usize + len], "bytes at {at} differ");
+    }
+    assert_eq!(gets(), after_meta, "bytes fetched by the metadata read were fetched again");
+    // a read that reaches before them is fetched as chunks, as any read
+    let mut buf = vec![0u8; 8192];
+    b.read_at(&mut buf, from - 4096).unwrap();
+    assert!(buf[..] == blob[from as usize - 4096..from as usize + 4096]);
+    assert_eq!(gets(), after_meta + 1);
+}

@@ -11,7 +11,7 @@
 //! * **Exact metadata reads.** What a layer reads once when it opens (headers, the jump table,
 //!   the index: [`ReadAt::read_meta_at`]) is fetched as just those bytes, rounded to
 //!   [`META_GRANULE`], not as whole chunks; the last few such ranges are kept in memory for the
-//!   reads of neighbouring metadata that follow.
+//!   reads of neighbouring metadata, and of data, that fall inside them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -312,6 +312,10 @@ impl ReadAt for RemoteBlob {
         let n = buf.len().min((size - offset) as usize);
         if n == 0 {
             return Ok(0);
+        }
+        // bytes a metadata read fetched (the end of the data is fetched with the jump table)
+        if self.kept_meta(&mut buf[..n], offset) {
+            return Ok(n);
         }
         let cs = self.fetcher.chunk_size();
         self.read_ahead(offset, offset + n as u64);
