@@ -28,6 +28,8 @@ pub fn init_logging(cfg: &SnapshotterConfig) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // colours only on a terminal: journald and log files get plain text
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_file(cfg.log_report_caller)
         .with_line_number(cfg.log_report_caller)
         .try_init();

@@ -24,6 +24,8 @@ pub fn run(tool: &str, verbose: bool, f: impl FnOnce() -> anyhow::Result<()>) ->
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // colours only on a terminal: journald and log files get plain text
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     match f() {
         Ok(()) => ExitCode::SUCCESS,
