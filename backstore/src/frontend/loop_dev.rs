@@ -11,6 +11,8 @@ use crate::{Error, Result};
 const LOOP_CTL_GET_FREE: u64 = 0x4C82;
 const LOOP_CONFIGURE: u64 = 0x4C0A;
 const LOOP_CLR_FD: u64 = 0x4C01;
+/// How long a detach waits for the kernel to release the backing file.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// `lo_flags`: read-only device.
 pub const LO_FLAGS_READ_ONLY: u32 = 1;
 /// `lo_flags`: detach when the last opener closes.
@@ -110,10 +112,23 @@ impl LoopDevice {
         &self.path
     }
 
-    /// Clears the device (`LOOP_CLR_FD`). If something still holds it open, the kernel detaches
-    /// it when the last holder closes.
+    /// Clears the device (`LOOP_CLR_FD`) and waits, at most [`RELEASE_WAIT`], until the kernel
+    /// lets go of the backing file. If something still holds the device open (udev probes a
+    /// device its last writer closed), the kernel detaches it only when the last holder closes,
+    /// and until then the backing file stays open: its FUSE mount could not be unmounted.
     pub fn detach(mut self) -> Result<()> {
-        self.clear()
+        self.clear()?;
+        let Some(name) = self.path.file_name() else { return Ok(()) };
+        let bound = Path::new("/sys/block").join(name).join("loop/backing_file");
+        let deadline = Instant::now() + RELEASE_WAIT;
+        while bound.exists() {
+            if Instant::now() >= deadline {
+                tracing::warn!(device = %self.path.display(), "the loop device is still held open: detached when closed");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     fn clear(&mut self) -> Result<()> {
