@@ -42,6 +42,31 @@ fn reference_hello_world_mounts_read_only() {
 }
 
 #[test]
+fn a_brief_holder_of_the_device_at_detach_does_not_fail_it() {
+    require_root();
+    // as udev probing a device its last writer closed: the kernel clears the loop device only
+    // when the holder closes it, and only then lets go of the file on FUSE
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.v1.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"lowers":[{{"file":"{}"}}],"upper":{{}}}}"#,
+            reference("hello-world-amd64-overlaybd-layer.tar").display()
+        ),
+    )
+    .unwrap();
+    let a = Attach::start(&cfg, &dir.path().join("run"));
+    let holder = std::fs::File::open(&a.device).unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(holder);
+    });
+    a.stop(); // exits 0 (every detach succeeded) and leaves no loop device or mount
+    t.join().unwrap();
+}
+
+#[test]
 fn a_config_that_cannot_open_reports_failure_in_the_result_file() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
