@@ -41,13 +41,9 @@ fn reference_hello_world_mounts_read_only() {
     a.stop();
 }
 
-#[test]
-fn a_brief_holder_of_the_device_at_detach_does_not_fail_it() {
-    require_root();
-    // as udev probing a device its last writer closed: the kernel clears the loop device only
-    // when the holder closes it, and only then lets go of the file on FUSE
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.v1.json");
+/// A config of the reference hello-world layer in `dir`.
+fn hello_config(dir: &Path) -> PathBuf {
+    let cfg = dir.join("config.v1.json");
     std::fs::write(
         &cfg,
         format!(
@@ -56,7 +52,16 @@ fn a_brief_holder_of_the_device_at_detach_does_not_fail_it() {
         ),
     )
     .unwrap();
-    let a = Attach::start(&cfg, &dir.path().join("run"));
+    cfg
+}
+
+#[test]
+fn a_brief_holder_of_the_device_at_detach_does_not_fail_it() {
+    require_root();
+    // as udev probing a device its last writer closed: the kernel clears the loop device only
+    // when the holder closes it, and only then lets go of the file on FUSE
+    let dir = tempfile::tempdir().unwrap();
+    let a = Attach::start(&hello_config(dir.path()), &dir.path().join("run"));
     let holder = std::fs::File::open(&a.device).unwrap();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
@@ -64,6 +69,28 @@ fn a_brief_holder_of_the_device_at_detach_does_not_fail_it() {
     });
     a.stop(); // exits 0 (every detach succeeded) and leaves no loop device or mount
     t.join().unwrap();
+}
+
+#[test]
+fn a_device_held_past_the_release_wait_fails_its_detach_but_leaves_no_mount() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let mut a = Attach::start(&hello_config(dir.path()), &run_dir);
+    let holder = std::fs::File::open(&a.device).unwrap();
+    let mut child = a.child.take().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_timeout(&mut child, WAIT).expect("overlaybd-attach did not exit after SIGTERM");
+    assert!(!status.success(), "the detach of a device still held open succeeded");
+    // the FUSE mount is detached already; the loop device goes when its holder closes it
+    let left = mounts_under(&run_dir);
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !backstore::frontend::loop_dev::attached_under(&run_dir).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_nothing_left(&run_dir);
 }
 
 #[test]

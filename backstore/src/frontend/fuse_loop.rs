@@ -76,7 +76,16 @@ impl FuseLoop {
             None => Ok(()),
         };
         if let Some(s) = self.session.take() {
-            s.umount_and_join().map_err(|e| Error::io(self.mountpoint.display().to_string(), "unmount FUSE", e))?;
+            if let Err(e) = s.umount_and_join() {
+                // Still busy (the loop device held open past its release wait): detached lazily,
+                // so no mount is left behind; the kernel ends it once the loop device lets go.
+                // The detach still fails: something may use the device until then.
+                let lazy = match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+                    Ok(()) => "detached lazily",
+                    Err(_) => "left mounted",
+                };
+                return Err(Error::io(format!("{} ({lazy})", self.mountpoint.display()), "unmount FUSE", e));
+            }
         }
         let _ = std::fs::remove_dir(&self.mountpoint);
         r

@@ -101,9 +101,14 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::Exit
 pub fn assert_nothing_left(run_dir: &Path) {
     let loops = backstore::frontend::loop_dev::attached_under(run_dir);
     assert!(loops.is_empty(), "loop devices left behind: {loops:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(run_dir.to_str().unwrap())).collect();
+    let left = mounts_under(run_dir);
     assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
+
+/// The mountinfo lines that name a path under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts.lines().filter(|l| l.contains(dir.to_str().unwrap())).map(str::to_string).collect()
 }
 
 /// A mounted file system, unmounted on drop.
