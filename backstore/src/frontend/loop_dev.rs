@@ -119,7 +119,7 @@ impl LoopDevice {
     pub fn detach(mut self) -> Result<()> {
         self.clear()?;
         let Some(name) = self.path.file_name() else { return Ok(()) };
-        let bound = Path::new("/sys/block").join(name).join("loop/backing_file");
+        let bound = backing_file_attr(name);
         let deadline = Instant::now() + RELEASE_WAIT;
         while bound.exists() {
             if Instant::now() >= deadline {
@@ -166,6 +166,12 @@ pub fn detach_path(path: &Path) -> Result<()> {
     clear_fd(&f, path)
 }
 
+/// The sysfs attribute naming loop device `name`'s backing file: it exists while the device is
+/// bound.
+fn backing_file_attr(name: &std::ffi::OsStr) -> PathBuf {
+    Path::new("/sys/block").join(name).join("loop/backing_file")
+}
+
 /// Loop devices whose backing file lies under `dir`, from sysfs.
 pub fn attached_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let mut out = Vec::new();
@@ -175,7 +181,7 @@ pub fn attached_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
         if !name.starts_with("loop") {
             continue;
         }
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+        if let Ok(b) = std::fs::read_to_string(backing_file_attr(&e.file_name())) {
             let backing = PathBuf::from(b.trim_end().trim_end_matches(" (deleted)"));
             if backing.starts_with(dir) {
                 out.push((PathBuf::from(format!("/dev/{name}")), backing));
