@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -773,8 +773,11 @@ fn the_layer_can_come_from_stdin_or_a_fifo() {
     let img2 = p.join("b.img");
     std::fs::File::create(&img2).unwrap().set_len(64 << 20).unwrap();
     let o = out(tool("overlaybd-apply").arg(&fifo).arg(&img2).args(["--raw", "--mkfs", "--checksum", &sum]));
-    writer.join().unwrap();
+    // if the tool never opened the FIFO, opening it here lets the writer's open return (and its
+    // write fail) rather than block the join forever
+    drop(std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    writer.join().unwrap();
     let o = out(Command::new("e2fsck").arg("-fn").arg(&img2));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }

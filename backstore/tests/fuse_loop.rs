@@ -5,7 +5,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::kernel::*;
 use common::*;
@@ -61,14 +60,23 @@ fn a_brief_holder_of_the_device_at_detach_does_not_fail_it() {
     // as udev probing a device its last writer closed: the kernel clears the loop device only
     // when the holder closes it, and only then lets go of the file on FUSE
     let dir = tempfile::tempdir().unwrap();
-    let a = Attach::start(&hello_config(dir.path()), &dir.path().join("run"));
+    let run_dir = dir.path().join("run");
+    let mut a = Attach::start(&hello_config(dir.path()), &run_dir);
     let holder = std::fs::File::open(&a.device).unwrap();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        drop(holder);
+    a.sigterm();
+    // The holder closes once the detach is under way (the process cleared the device and closed
+    // its own descriptor of it), so that the device is held at LOOP_CLR_FD and let go during the
+    // release wait. The process cannot finish before: the holder keeps its FUSE mount busy.
+    let (pid, device) = (a.pid(), a.device.clone());
+    wait_until("overlaybd-attach closes the loop device", WAIT, || {
+        assert!(!a.exited(), "overlaybd-attach exited while the device was held");
+        !holds_open(pid, &device)
     });
-    a.stop(); // exits 0 (every detach succeeded) and leaves no loop device or mount
-    t.join().unwrap();
+    drop(holder);
+    // exits 0 (every detach succeeded) and leaves no loop device or mount
+    let status = a.wait_exit();
+    assert!(status.success(), "overlaybd-attach exited with {status}");
+    assert_nothing_left(&run_dir);
 }
 
 #[test]
@@ -78,19 +86,14 @@ fn a_device_held_past_the_release_wait_fails_its_detach_but_leaves_no_mount() {
     let run_dir = dir.path().join("run");
     let mut a = Attach::start(&hello_config(dir.path()), &run_dir);
     let holder = std::fs::File::open(&a.device).unwrap();
-    let mut child = a.child.take().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = wait_timeout(&mut child, WAIT).expect("overlaybd-attach did not exit after SIGTERM");
+    a.sigterm();
+    let status = a.wait_exit();
     assert!(!status.success(), "the detach of a device still held open succeeded");
     // the FUSE mount is detached already; the loop device goes when its holder closes it
     let left = mounts_under(&run_dir);
     assert!(left.is_empty(), "mounts left behind: {left:?}");
     drop(holder);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !backstore::frontend::loop_dev::attached_under(&run_dir).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_nothing_left(&run_dir);
+    wait_nothing_left(&run_dir);
 }
 
 #[test]
@@ -214,15 +217,20 @@ fn sigkill_during_writes_loses_no_fsynced_data_and_cleanup_leaves_nothing() {
         .args(["bs=1M", "count=300", "status=none"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // the server dies once the writer has written (or is done)
+    let unsynced = mnt.join("unsynced");
+    wait_until("dd writes", WAIT, || {
+        std::fs::metadata(&unsynced).is_ok_and(|m| m.len() > 0) || writer.try_wait().unwrap().is_some()
+    });
     a.kill();
-    let _ = wait_timeout(&mut writer, WAIT).expect("a writer to a dead device must not hang");
+    // (300 MiB of page cache onto a device that errors: slow on a loaded machine, so a wide bound)
+    let _ = wait_timeout(&mut writer, 5 * WAIT).expect("a writer to a dead device must not hang");
     drop(m); // umount (lazy if the device errors)
-    std::thread::sleep(Duration::from_millis(200));
-    // the next start cleans up what the dead process left
+             // the next start cleans up what the dead process left: its FUSE mount stays until then
     let out = run(Command::new(bin("overlaybd-attach")).arg("--cleanup").arg("--run-dir").arg(&run_dir));
     assert!(out.contains("unmounted"), "cleanup found nothing to do: {out}");
-    assert_nothing_left(&run_dir);
+    // (a loop device still held by a lazily unmounted file system goes when that lets go)
+    wait_nothing_left(&run_dir);
     // the upper reopens; the fsync'd file is intact
     let b = Attach::start(&cfg, &run_dir);
     {

@@ -75,7 +75,7 @@ printf "\\$(printf %03o $rc)" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/nul
 poweroff -f
 INIT
   chmod +x "$st/init"
-  (cd "$st" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > "$initrd.tmp") && mv "$initrd.tmp" "$initrd"
+  (cd "$st" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > "$initrd.tmp.$$") && mv "$initrd.tmp.$$" "$initrd"
   rm -rf "$st"
 fi
 

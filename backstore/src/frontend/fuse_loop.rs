@@ -76,6 +76,7 @@ impl FuseLoop {
             None => Ok(()),
         };
         if let Some(s) = self.session.take() {
+            wait_until_unused(&self.mountpoint);
             if let Err(e) = s.umount_and_join() {
                 // Still busy (the loop device held open past its release wait): detached lazily,
                 // so no mount is left behind; the kernel ends it once the loop device lets go.
@@ -89,6 +90,21 @@ impl FuseLoop {
         }
         let _ = std::fs::remove_dir(&self.mountpoint);
         r
+    }
+}
+
+/// Waits, at most [`loop_dev::RELEASE_WAIT`], until nothing uses the mount at `mountpoint`. The
+/// kernel removes a loop device's binding (what [`LoopDevice::detach`] waits for) a moment before
+/// it drops its reference to the backing file: when another holder's close released the device,
+/// that close may not have dropped the reference yet, and an unmount then would fail as busy.
+/// The probe is `umount2(MNT_EXPIRE)`: EBUSY while the mount is in use; once it is not, EAGAIN
+/// (it only marks the mount, which the unmount that follows removes).
+fn wait_until_unused(mountpoint: &Path) {
+    let deadline = std::time::Instant::now() + loop_dev::RELEASE_WAIT;
+    while nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_EXPIRE) == Err(nix::errno::Errno::EBUSY)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -8,8 +8,24 @@ use std::time::Duration;
 
 use super::*;
 
-/// How long a tool may take to attach or detach.
-pub const WAIT: Duration = Duration::from_secs(60);
+/// How long a tool may take to attach or detach, or the kernel to release what it held: a bound
+/// for waits on events, generous for a loaded machine (it only costs time when something fails).
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Polls `done` until it holds, panicking (naming `what`) if it does not within `bound`.
+pub fn wait_until(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {bound:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` has `dev` open (one of its /proc/PID/fd links names it).
+pub fn holds_open(pid: u32, dev: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dev))
+}
 
 pub fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "the fuse-loop tests need root (loop devices, FUSE, mount)");
@@ -57,14 +73,39 @@ impl Attach {
         a
     }
 
-    /// SIGTERM, and the process must exit 0 in time.
+    /// SIGTERM, and the process must exit 0 in time, leaving nothing behind. (No wait for the
+    /// kernel here: exit 0 means the FUSE mount was unmounted, which the kernel allows only once
+    /// the loop device has let go of its backing file, after it removed the device's binding.)
     pub fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
-            .unwrap();
-        let status = wait_timeout(&mut child, WAIT).expect("overlaybd-attach did not exit after SIGTERM");
+        self.sigterm();
+        let status = self.wait_exit();
         assert!(status.success(), "overlaybd-attach exited with {status}");
         assert_nothing_left(&self.run_dir);
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("overlaybd-attach runs").id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+    }
+
+    /// Whether the process has exited (it stays to be reaped by [`Attach::wait_exit`]).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().expect("overlaybd-attach runs").try_wait().unwrap().is_some()
+    }
+
+    /// Waits, at most [`WAIT`], until the process exits: its status (the drop then leaves
+    /// everything to the test).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("overlaybd-attach runs");
+        let status = wait_timeout(child, WAIT).expect("overlaybd-attach did not exit in time");
+        self.child = None;
+        status
     }
 
     pub fn kill(mut self) {
@@ -95,6 +136,18 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::Exit
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// No loop device backed by, and no mount under, `run_dir` within [`WAIT`]: for after an event
+/// whose kernel cleanup may finish later (the last holder of a loop device closed it).
+pub fn wait_nothing_left(run_dir: &Path) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline
+        && !(backstore::frontend::loop_dev::attached_under(run_dir).is_empty() && mounts_under(run_dir).is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_nothing_left(run_dir);
 }
 
 /// No loop device backed by, and no mount under, `run_dir`.

@@ -29,15 +29,18 @@ done
 printf 'version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: /tmp/ctr/reg\nhttp:\n  addr: 127.0.0.1:5000\n' > reg.yml
 docker-registry serve reg.yml > reg.log 2>&1 &
 RPID=$!
-for i in $(seq 300); do wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null && break; sleep 0.1; done
+end=$(deadline 300)
+until wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null; do
+  running $RPID && before "$end" || fail "the registry did not start: $(cat reg.log)"; sleep 0.1
+done
 printf '[[mirrorRegistry]]\nhost = "127.0.0.1:5000"\ninsecure = true\n' > snap.toml
 IMG=127.0.0.1:5000/hello:obd
 for F in "$@"; do
   W=/tmp/ctr/$F; mkdir -p $W
   overlaybd-snapshotter --config snap.toml --root $W/root --address $W/snap.sock --run-dir $W/run --frontend "$F" > $W/snap.log 2>&1 &
   SPID=$!
-  for i in $(seq 300); do [ -S $W/snap.sock ] && break; kill -0 $SPID 2>/dev/null || break; sleep 0.1; done
-  [ -S $W/snap.sock ] || fail "the snapshotter did not start: $(cat $W/snap.log)"
+  end=$(deadline 300)
+  until [ -S $W/snap.sock ]; do running $SPID && before "$end" || fail "the snapshotter did not start: $(cat $W/snap.log)"; sleep 0.1; done
   cat > $W/containerd.toml <<EOC
 version = 2
 root = "$W/croot"
@@ -60,16 +63,24 @@ EOC
   containerd --config $W/containerd.toml > $W/containerd.log 2>&1 &
   CPID=$!
   C="ctr -a $W/c.sock -n k8s.io"
-  for i in $(seq 600); do $C version >/dev/null 2>&1 && break; sleep 0.1; done
-  cri-pull --address $W/c.sock $IMG > $W/pull.out 2>&1 || fail "CRI pull: $(cat $W/pull.out) $(tail -5 $W/snap.log)"
+  end=$(deadline 300)
+  until $C version >/dev/null 2>&1; do running $CPID && before "$end" || fail "containerd did not start: $(tail -5 $W/containerd.log)"; sleep 0.1; done
+  # containerd serves before its CRI plugin has initialized (asynchronously): until then a
+  # PullImage is refused with "server is not initialized yet"
+  end=$(deadline 300)
+  until cri-pull --address $W/c.sock $IMG > $W/pull.out 2>&1; do
+    grep -q "not initialized" $W/pull.out && before "$end" || fail "CRI pull: $(cat $W/pull.out) $(tail -5 $W/snap.log)"
+    sleep 0.5
+  done
   $C content ls | grep -q "^sha256:022231c3f1af" && fail "the layer blob was downloaded into the content store"
   $C run --rm --no-pivot --snapshotter overlaybd $IMG hello-$F > $W/run.out 2>&1 || fail "ctr run: $(cat $W/run.out) $(tail -5 $W/snap.log)"
   grep -q "Hello from Docker!" $W/run.out || fail "no greeting: $(cat $W/run.out)"
   DEV=$(cat $W/root/snapshots/*/block/backstore_mark | head -1); expect_kind
   grep -q "status=206" reg.log || fail "the registry served no ranges"
   $C image rm $IMG > /dev/null
-  kill $CPID; wait $CPID 2>/dev/null || true
-  kill -TERM $SPID; wait $SPID || fail "the snapshotter exited with $?: $(tail -5 $W/snap.log)"
+  kill $CPID; wait_gone $CPID 300 || fail "containerd did not exit after SIGTERM"; wait $CPID 2>/dev/null || true
+  kill -TERM $SPID; wait_gone $SPID 600 || fail "the snapshotter did not exit after SIGTERM: $(tail -5 $W/snap.log)"
+  wait $SPID || fail "the snapshotter exited with $?: $(tail -5 $W/snap.log)"
   check_clean
   echo "containerd ($F): the hello-world image pulled lazily through CRI greets"
 done

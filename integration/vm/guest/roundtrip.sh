@@ -1,7 +1,7 @@
 # Guest script (run by integration/vm/vm.sh with the frontends as arguments): for each frontend,
 # the reference image read-only; a writable device that takes mkfs and files, is detached,
 # committed and attached as a lower; and I/O errors (a layer file cut short, reads past the end)
-# that must fail fast, not hang; and three devices served by one process at once.
+# that must fail, not hang; and three devices served by one process at once.
 set -e
 . /share/guest/lib.sh
 mkdir -p /mnt; cd /tmp
@@ -41,12 +41,14 @@ for F in "$@"; do
   size=$(($(blockdev --getsize64 "$DEV") / 4096))
   dd if="$DEV" of=/dev/null bs=4k skip=$size count=1 iflag=direct 2>/dev/null || fail "reading at the end is EOF, not an error"
   truncate -s 8192 cut.tar
-  start=$(date +%s)
-  if dd if="$DEV" of=/dev/null bs=1M iflag=direct 2>/tmp/dd.err; then fail "reads of a cut layer succeeded"; fi
+  # (no hang: a read the server never answered would wait for kernel timeouts and retries; the
+  # bound is wide for an emulated guest on a loaded host, and no duration is asserted)
+  dd if="$DEV" of=/dev/null bs=1M iflag=direct 2>/tmp/dd.err & R=$!
+  wait_gone $R 300 || { kill -KILL $R; fail "a read of a cut layer hangs"; }
+  if wait $R; then fail "reads of a cut layer succeeded"; fi
   # EIO over ublk; over TCMU the kernel reports the MEDIUM ERROR sense as ENODATA
   grep -qiE "input/output error|no data available" /tmp/dd.err || fail "expected an I/O error: $(cat /tmp/dd.err)"
-  [ $(($(date +%s) - start)) -lt 60 ] || fail "the failing read took $(($(date +%s) - start)) s"
-  kill -0 $A || fail "the server died on a cut layer: $(cat /tmp/attach.err)"
+  running $A || fail "the server died on a cut layer: $(cat /tmp/attach.err)"
   detach
   # three devices from one process: two read-only images and a writable disk, used together
   for n in 1 2; do printf '{"lowers":[{"file":"/share/reference/hello-world-amd64-overlaybd-layer.tar"}]}' > m$n.json; done
