@@ -439,6 +439,8 @@ fn a_recording_killed_with_sigkill_leaves_no_ok_and_no_half_written_trace() {
     }
 }
 
+/// The prefetch threads of this process, by name. A thread shows here a little longer than it
+/// runs: a join returns once it has run to its end, before the kernel has done with it.
 fn prefetch_threads() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -453,8 +455,8 @@ fn prefetch_threads() -> Vec<String> {
 fn dropping_the_stack_stops_a_slow_prefetch_and_joins_its_workers() {
     let _s = serial();
     let r = Remote::start();
-    // a trace touching every 64 KiB of both layers, over and over: far more than a slow
-    // registry serves before the device is closed
+    // a trace touching every 64 KiB of both layers, over and over: far more than its workers
+    // read before the device is closed
     let cfg0 = r.config("probe", "");
     let probe = open_device(&cfg0, &r.source("cache-probe", 1)).unwrap();
     let mut records = Vec::new();
@@ -471,18 +473,26 @@ fn dropping_the_stack_stops_a_slow_prefetch_and_joins_its_workers() {
     drop(probe);
     let trace = r.path("big.trace");
     std::fs::write(&trace, file::encode(&records)).unwrap();
-    r.proxy.always(Some(Fault::Slow(Duration::from_millis(250))));
+    // the registry stalls: every blob request waits at the proxy (the device opens from the
+    // metadata the probe left in the cache, without a request)
+    r.proxy.hold_from(Some(0));
     let cfg = r.config("slow", &format!(r#","recordTracePath":"{}""#, trace.display()));
-    let stack = open_device(&cfg, &r.source("cache-slow", 2)).unwrap();
+    let stack = open_device(&cfg, &r.source("cache-probe", 2)).unwrap();
     let progress = stack.prefetch_progress().expect("no prefetch");
-    wait_for("the prefetch to start", || progress.stats().reads_done >= 1);
+    wait_for("a prefetch read to wait for the registry", || r.proxy.held() >= 1);
     assert!(!prefetch_threads().is_empty(), "no prefetch threads while prefetching");
+    // an on-demand read in flight (as far as the workers know): once the registry answers, each
+    // worker ends the read it is in and waits before the next
+    let gate = stack.gate();
+    let on_demand = gate.enter();
+    r.proxy.hold_from(None);
     drop(stack);
+    drop(on_demand);
     let st = progress.stats();
     assert!(st.cancelled && st.finished, "{st:?}");
     assert!(st.records_done < st.records_total, "the whole trace was read before the drop: {st:?}");
-    assert_eq!(prefetch_threads(), Vec::<String>::new(), "prefetch threads outlived the stack");
-    r.proxy.always(None);
+    // (joined: gone from the thread list a moment after)
+    wait_for("the prefetch threads to leave the thread list", || prefetch_threads().is_empty());
 }
 
 #[test]

@@ -297,6 +297,13 @@ impl RemoteBlob {
     pub fn is_local(&self) -> bool {
         self.local.read().unwrap_or_else(|p| p.into_inner()).is_some()
     }
+
+    /// Read-ahead fetches started and not over yet (their chunks not all in the cache yet).
+    /// Read-ahead runs on threads of its own, which outlive the read that started them, and
+    /// the blob too: 0 here means every one started so far has ended.
+    pub fn read_ahead_in_flight(&self) -> usize {
+        self.fetcher.in_flight.load(Ordering::Acquire)
+    }
 }
 
 impl ReadAt for RemoteBlob {

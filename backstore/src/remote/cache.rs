@@ -346,14 +346,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = BlobCache::open(dir.path(), 1 << 20, 4096).unwrap();
         let fetches = Arc::new(AtomicUsize::new(0));
-        // eight threads, one fetch
+        // eight threads, one fetch: the fetch ends only once the seven others wait for it
+        // (each waiter holds the fetch's flight, as do the lead and the table of flights)
+        let waiters = |c: &BlobCache| {
+            let f = c.flights.lock().unwrap();
+            f.get(&BlobCache::rel(D, 3)).map_or(0, |x| Arc::strong_count(x) - 2)
+        };
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let (c, f) = (c.clone(), fetches.clone());
                 std::thread::spawn(move || {
                     c.get(D, 3, || {
                         f.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                        while waiters(&c) < 7 {
+                            assert!(std::time::Instant::now() < deadline, "the other threads do not wait");
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
                         Ok(vec![7u8; 4096])
                     })
                     .unwrap()

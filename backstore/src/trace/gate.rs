@@ -14,6 +14,9 @@ pub struct Gate {
     busy: AtomicUsize,
     lock: Mutex<()>,
     idle: Condvar,
+    /// Callers inside [`Gate::wait_idle`]'s wait now (for the tests to know a worker waits).
+    #[cfg(test)]
+    waiting: AtomicUsize,
 }
 
 /// A foreground read in flight; dropping it ends the read.
@@ -37,10 +40,20 @@ impl Gate {
             return false;
         }
         let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(test)]
+        self.waiting.fetch_add(1, Ordering::AcqRel);
         while self.busy() > 0 && !cancel.load(Ordering::Acquire) {
             g = self.idle.wait_timeout(g, RECHECK).unwrap_or_else(|p| p.into_inner()).0;
         }
+        #[cfg(test)]
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
         true
+    }
+
+    /// Callers inside [`Gate::wait_idle`]'s wait now.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Wakes the waiters (after a cancel).
@@ -65,6 +78,15 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// Waits (at most a minute) until `cond` holds.
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn workers_wait_for_foreground_reads() {
         let gate = Arc::new(Gate::default());
@@ -74,17 +96,21 @@ mod tests {
         let released = Arc::new(AtomicBool::new(false));
         let (g2, c2, r2) = (gate.clone(), cancel.clone(), released.clone());
         let t = std::thread::spawn(move || {
-            assert!(g2.wait_idle(&c2));
-            assert!(r2.load(Ordering::Acquire), "woke while a foreground read was in flight");
+            let waited = g2.wait_idle(&c2);
+            (waited, r2.load(Ordering::Acquire))
         });
-        std::thread::sleep(Duration::from_millis(100));
+        // the worker waits (inside the wait, with the foreground read in flight) before it ends
+        wait_until("the worker to wait", || gate.waiting() == 1);
         released.store(true, Ordering::Release);
         drop(fg);
-        t.join().unwrap();
+        let (waited, after_release) = t.join().unwrap();
+        assert!(waited, "a worker that waited says it did not");
+        assert!(after_release, "woke while a foreground read was in flight");
         // a cancel ends the wait too
         let _fg = gate.enter();
         let (g2, c2) = (gate.clone(), cancel.clone());
         let t = std::thread::spawn(move || g2.wait_idle(&c2));
+        wait_until("the worker to wait again", || gate.waiting() == 1);
         cancel.store(true, Ordering::Release);
         gate.wake_all();
         assert!(t.join().unwrap());

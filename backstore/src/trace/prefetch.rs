@@ -259,16 +259,33 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A source that logs its reads and can be slow.
+    /// A source that logs its reads; those after the first `free` wait until `open` is set.
     struct Logged {
         reads: Mutex<Vec<(u64, usize)>>,
-        delay: Duration,
+        free: usize,
+        open: AtomicBool,
+    }
+
+    impl Logged {
+        fn new(free: usize) -> Arc<Self> {
+            Arc::new(Logged { reads: Mutex::new(Vec::new()), free, open: AtomicBool::new(false) })
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.lock().unwrap().len()
+        }
     }
 
     impl ReadAt for Logged {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<usize> {
-            std::thread::sleep(self.delay);
-            self.reads.lock().unwrap().push((offset, buf.len()));
+            let n = {
+                let mut r = self.reads.lock().unwrap();
+                r.push((offset, buf.len()));
+                r.len()
+            };
+            if n > self.free {
+                wait_until("the source to be opened", || self.open.load(Ordering::Acquire));
+            }
             buf.fill(7);
             Ok(buf.len())
         }
@@ -280,15 +297,24 @@ mod tests {
         }
     }
 
+    /// Waits (at most a minute) until `cond` holds.
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn jobs(n: u64) -> Vec<Job> {
         (0..n).map(|i| Job { layer: 0, offset: 4096 * (i + 1), len: 4096, records: 1 }).collect()
     }
 
     #[test]
     fn one_worker_reads_in_recorded_order() {
-        let src = Arc::new(Logged { reads: Mutex::new(Vec::new()), delay: Duration::ZERO });
+        let src = Logged::new(usize::MAX);
         let p = Prefetcher::start_jobs("t", jobs(50), 50, vec![src.clone()], Arc::default(), 1);
-        assert!(p.progress().wait_finished(Duration::from_secs(30)));
+        assert!(p.progress().wait_finished(Duration::from_secs(120)));
         let st = p.progress().stats();
         assert_eq!((st.records_done, st.reads_done, st.bytes, st.cancelled), (50, 50, 50 * 4096, false));
         let got: Vec<u64> = src.reads.lock().unwrap().iter().map(|r| r.0).collect();
@@ -297,20 +323,29 @@ mod tests {
 
     #[test]
     fn waits_for_foreground_reads_and_stops_when_cancelled() {
-        let src = Arc::new(Logged { reads: Mutex::new(Vec::new()), delay: Duration::from_millis(20) });
+        // one read goes through at once, the others wait until the test lets them
+        let src = Logged::new(1);
         let gate = Arc::new(Gate::default());
         let fg = gate.enter();
         let mut p = Prefetcher::start_jobs("t", jobs(10_000), 10_000, vec![src.clone()], gate.clone(), 4);
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(src.reads.lock().unwrap().is_empty(), "read while an on-demand read was in flight");
+        // all four workers wait at the gate: none reads while the on-demand read is in flight
+        wait_until("the workers to wait for the on-demand read", || gate.waiting() == 4);
+        assert_eq!(src.reads(), 0, "read while an on-demand read was in flight");
         drop(fg);
-        while src.reads.lock().unwrap().is_empty() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("a prefetch read", || src.reads() > 0);
+        // cancelled with its workers in a read (or about to start one): each stops after it
         let progress = p.progress().clone();
-        p.cancel();
+        let shared = p.shared.clone();
+        std::thread::scope(|s| {
+            let canceller = s.spawn(|| p.cancel());
+            wait_until("the cancel", || shared.cancel.load(Ordering::Acquire));
+            src.open.store(true, Ordering::Release);
+            canceller.join().unwrap();
+        });
         let st = progress.stats();
-        assert!(st.cancelled && st.finished && st.records_done < 10_000, "{st:?}");
-        assert!(st.yields >= 1);
+        assert!(st.cancelled && st.finished, "{st:?}");
+        // the free read, then at most one more per worker (begun before it saw the cancel)
+        assert!(st.records_done <= 1 + 4 && src.reads() <= 1 + 4, "{st:?}, {} reads", src.reads());
+        assert_eq!(st.yields, 4, "each worker waited once, for the on-demand read: {st:?}");
     }
 }

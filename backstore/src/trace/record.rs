@@ -246,13 +246,12 @@ mod tests {
         r.record(0, 4096, 4096);
         std::fs::remove_file(sibling(&path, ".lock")).unwrap();
         let ok = sibling(&path, ".ok");
-        for _ in 0..200 {
-            if ok.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // (the watcher looks at the lock once a second; the dump makes .ok last)
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !ok.exists() {
+            assert!(std::time::Instant::now() < deadline, "no dump after the lock was removed");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(ok.exists(), "no dump after the lock was removed");
         r.record(0, 1 << 20, 4096);
         drop(r);
         assert_eq!(decode(&std::fs::read(&path).unwrap()).unwrap(), vec![Record::read(0, 4096, 4096)]);

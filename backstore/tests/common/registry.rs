@@ -11,13 +11,27 @@ pub struct Registry {
     child: Child,
     /// `http://127.0.0.1:PORT` (or https).
     pub base: String,
-    /// Its log (stderr), for the access records.
+    /// Its log (stderr), for the access records. A request is logged when its handler ends,
+    /// which may be after its client got the answer: to count requests, put a
+    /// `Proxy` in front (it counts them as they arrive).
     pub log: PathBuf,
     /// The CA certificate (PEM) of a TLS registry.
     pub ca_pem: Option<Vec<u8>>,
     /// The user and password of an htpasswd registry.
     pub login: Option<(String, String)>,
     _dir: tempfile::TempDir,
+}
+
+/// How long the registry may take to come up.
+const START_LIMIT: Duration = Duration::from_secs(120);
+
+/// An HTTP client that trusts `ca_pem` too.
+fn client_for(ca_pem: Option<&[u8]>) -> reqwest::blocking::Client {
+    let mut b = reqwest::blocking::Client::builder();
+    if let Some(pem) = ca_pem {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap());
+    }
+    b.build().unwrap()
 }
 
 fn free_port() -> u16 {
@@ -38,7 +52,6 @@ impl Registry {
 
     fn launch(secure: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut extra = String::new();
         let mut ca_pem = None;
         if let Some((user, password)) = secure {
@@ -57,41 +70,56 @@ impl Registry {
             );
         }
         let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
         let log = dir.path().join("registry.log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("start docker-registry (apt-get install docker-registry)");
         let scheme = if secure.is_some() { "https" } else { "http" };
-        let base = format!("{scheme}://127.0.0.1:{port}");
         let login = secure.map(|(u, p)| (u.to_string(), p.to_string()));
-        let r = Registry { child, base, log, ca_pem, login, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r.client().get(format!("{}/v2/", r.base)).send().is_err() {
-            assert!(Instant::now() < deadline, "the registry did not come up: {}", r.log_text());
-            std::thread::sleep(Duration::from_millis(50));
+        let deadline = Instant::now() + START_LIMIT;
+        // The port is free when `free_port` returns, but anything may take it before the registry
+        // binds it (another test's registry, a connection's local port): the registry then exits,
+        // and is started again on another port.
+        for attempt in 1.. {
+            let port = free_port();
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&cfg)
+                .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap()))
+                .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+                .spawn()
+                .expect("start docker-registry (apt-get install docker-registry)");
+            let base = format!("{scheme}://127.0.0.1:{port}");
+            let client = client_for(ca_pem.as_deref());
+            loop {
+                // up once it has said it listens (so the port is its own, not another's) and answers
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("listening on") && client.get(format!("{base}/v2/")).send().is_ok() {
+                    return Registry { child, base, log, ca_pem, login, _dir: dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    assert!(attempt < 10, "the registry did not start, {attempt} times:\n{text}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the registry did not come up in {START_LIMIT:?}:\n{text}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        r
+        unreachable!()
     }
 
     /// An HTTP client that trusts the registry's certificate.
     pub fn client(&self) -> reqwest::blocking::Client {
-        let mut b = reqwest::blocking::Client::builder();
-        if let Some(pem) = &self.ca_pem {
-            b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap());
-        }
-        b.build().unwrap()
+        client_for(self.ca_pem.as_deref())
     }
 
     fn with_login(&self, r: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
@@ -101,7 +129,7 @@ impl Registry {
         }
     }
 
-    /// What it logged so far.
+    /// What it logged so far (see [`Registry::log`]).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
