@@ -516,12 +516,12 @@ print("\n".join(out))
 "#;
     let tree = run(Command::new("python3").arg("-c").arg(script).arg(&pid));
     let _ = ctrd.ctr_output(&["task", "kill", "-s", "KILL", id]);
-    for _ in 0..100 {
-        if ctrd.ctr_output(&["task", "rm", id]).status.success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // (the task can be removed once it has exited)
+    wait_for(
+        120,
+        || ctrd.ctr_output(&["task", "rm", id]).status.success(),
+        || format!("the task {id} does not go: {}", ctrd.log_tail()),
+    );
     ctrd.ctr(&["container", "rm", id]);
     tree
 }
@@ -549,14 +549,22 @@ fn a_converted_image_rpulled_lazily_shows_what_the_original_shows() {
         "none",
     ]));
     // no mirror entry: the snapshotter reaches the plain loopback registry by itself
-    let snap = Snapshotter::start(t.path(), "");
+    let cache = t.path().join("cache");
+    let snap = Snapshotter::start(t.path(), &cache_toml(&cache));
     let ctrd = Containerd::start(t.path(), &snap.socket, "obdconv");
     // the original through containerd's own overlayfs snapshotter
     ctrd.ctr(&["image", "pull", "--plain-http", &src]);
     let want = container_tree(&ctrd, &src, "orig", "overlayfs");
-    // the converted one, rpulled (no layer data) and run lazily through ours
-    let obd = format!("{repo}:obd");
-    let before = reg.log_text().len();
+    // the converted one, rpulled (no layer data) through a proxy that records each request
+    // before forwarding it, and run lazily through ours
+    let layers: Vec<(String, u64)> = raw(&format!("{repo}:obd")).unwrap()["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["digest"].as_str().unwrap().to_string(), l["size"].as_u64().unwrap()))
+        .collect();
+    let proxy = Proxy::start(&reg.host);
+    let obd = format!("{}/test/rich:obd", proxy.host);
     let o = output(Command::new(workspace_bin("ctr-obd")).args([
         "-a",
         ctrd.socket.to_str().unwrap(),
@@ -567,8 +575,21 @@ fn a_converted_image_rpulled_lazily_shows_what_the_original_shows() {
         &obd,
     ]));
     assert!(o.status.success(), "ctr-obd rpull: {}", text(&o));
-    let layer_gets = reg.log_text()[before..].lines().filter(|l| l.contains("GET /v2/test/rich/blobs/")).count();
-    assert!(layer_gets <= 1, "rpull fetched layer data ({layer_gets} blob GETs besides the config)");
+    // rpull asked for no layer blob (it has returned: its requests were recorded) ...
+    let reqs = proxy.requests();
+    let rpull_gets: Vec<&ProxyRequest> = reqs
+        .iter()
+        .filter(|r| !r.user_agent.starts_with(SNAPSHOTTER_AGENT) && layers.iter().any(|(d, _)| r.path.ends_with(d)))
+        .collect();
+    assert!(rpull_gets.is_empty(), "rpull fetched layer blobs: {rpull_gets:#?}");
+    // ... and the snapshotter only each layer's metadata, in the background (prefetchOnPull):
+    // once it logged that each is done, all its requests were recorded
+    let done = snap.wait_for_log_lines(&["layer metadata", "at pull"], layers.len());
+    assert!(done.iter().all(|l| l.contains("layer metadata fetched at pull")), "{done:#?}\n{}", snap.log_text());
+    let reqs = proxy.requests();
+    for (digest, size) in &layers {
+        assert_only_metadata_fetched(&reqs, digest, *size, &cache);
+    }
     let got = container_tree(&ctrd, &obd, "conv", "overlaybd");
     for must in [
         "/data/opaque/c",
@@ -625,12 +646,27 @@ impl Mariadb {
             .arg(format!("--log-error={}", d.join("err.log").display()))
             .arg(format!("--port={port}"))
             .args(["--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(std::fs::File::create(d.join("stdout.log")).unwrap()))
+            .stderr(std::process::Stdio::from(std::fs::File::create(d.join("stderr.log")).unwrap()))
             .spawn()
             .expect("start mariadbd");
-        let m = Mariadb { child, dir, dsn: format!("root@tcp(127.0.0.1:{port})/obd") };
-        wait_until("mariadbd start", 60, || m.sql("SELECT 1").is_some());
+        let mut m = Mariadb { child, dir, dsn: format!("root@tcp(127.0.0.1:{port})/obd") };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while m.sql("SELECT 1").is_none() {
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!("mariadbd exited ({st}): {}", m.log());
+            }
+            assert!(std::time::Instant::now() < end, "mariadbd does not answer (waited 120 s): {}", m.log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         m.sql("CREATE DATABASE obd").expect("create the database");
         m
+    }
+
+    /// Its error log.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("err.log")).unwrap_or_default()
     }
 
     /// Runs SQL; its output (tab-separated, no headers), or None when it failed.

@@ -36,11 +36,22 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// Nothing of the snapshotter is left in the kernel: no loop devices over its FUSE files, no
-/// FUSE or ext4 mounts under its root or run dir.
+/// FUSE or ext4 mounts under its root or run dir. Called once the process has exited (or the
+/// call that detaches returned); the kernel may finish releasing a loop device a moment after
+/// its last user closed it, so this waits (bounded) for the state to be clean.
 fn assert_nothing_left(s: &Snapshotter) {
-    assert!(loop_devices_of(&s.run_dir).is_empty(), "loop devices left: {:?}", loop_devices_of(&s.run_dir));
-    assert!(mounts_under(&s.run_dir).is_empty(), "FUSE mounts left: {:?}", mounts_under(&s.run_dir));
-    assert!(mounts_under(&s.root).is_empty(), "mounts left under the root: {:?}", mounts_under(&s.root));
+    let left = || (loop_devices_of(&s.run_dir), mounts_under(&s.run_dir), mounts_under(&s.root));
+    wait_for(
+        60,
+        || {
+            let (l, f, m) = left();
+            l.is_empty() && f.is_empty() && m.is_empty()
+        },
+        || {
+            let (l, f, m) = left();
+            format!("left: loop devices {l:?}, FUSE mounts {f:?}, mounts under the root {m:?}\n{}", s.log_text())
+        },
+    );
 }
 
 fn snapshot_dirs(s: &Snapshotter) -> Vec<String> {
@@ -65,13 +76,13 @@ fn stop_and_check_clean(snap: &mut Snapshotter, c: Client) {
     assert_nothing_left(snap);
 }
 
-/// Polls `ok` every 200 ms for up to `secs`, then fails with `what()`.
-fn wait_for(secs: u64, mut ok: impl FnMut() -> bool, what: impl Fn() -> String) {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !ok() {
-        assert!(std::time::Instant::now() < end, "{}", what());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+/// Waits (bounded) until the snapshotter's root holds no snapshot directory.
+fn wait_for_no_snapshot_dirs(s: &Snapshotter) {
+    wait_for(
+        120,
+        || snapshot_dirs(s).is_empty(),
+        || format!("snapshot directories left: {:?}\n{}", snapshot_dirs(s), s.log_text()),
+    );
 }
 
 #[test]
@@ -84,20 +95,19 @@ fn a_plain_oci_image_runs_through_containerd() {
     let snap = Snapshotter::start(t.path(), "");
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obdplain");
     ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &img]);
-    let out = ctrd.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "overlaybd",
-        &img,
-        "c1",
-        "/bin/sh",
-        "-c",
-        "cat /etc/keep /etc/new; [ ! -e /etc/gone ] && echo nogone; readlink /etc/link; sha256sum /etc/big; echo w > /tmp/x; cat /tmp/x",
-    ]);
-    for want in ["keep\n", "second\n", "nogone\n", &big_sha, "\nw\n"] {
-        assert!(out.contains(want), "{want:?} not in the container's output: {out}");
-    }
+    ctrd.run_logged(
+        &[
+            "--rm",
+            "--snapshotter",
+            "overlaybd",
+            &img,
+            "c1",
+            "/bin/sh",
+            "-c",
+            "cat /etc/keep /etc/new; [ ! -e /etc/gone ] && echo nogone; readlink /etc/link; sha256sum /etc/big; echo w > /tmp/x; cat /tmp/x",
+        ],
+        &["keep\n", "second\n", "nogone\n", &big_sha, "\nw\n"],
+    );
     // the image's layers are committed snapshots of ours, parent linked
     let ls = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
     let committed: Vec<(&str, &str)> = ls
@@ -209,7 +219,13 @@ fn containerd_snapshot_semantics_hold() {
     // the Prometheus endpoint counts the calls and their errors
     let metrics = {
         use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // (the exporter binds its port in a task of its own: wait until it does)
+        let mut conn = None;
+        wait_until("the metrics exporter to listen", 60, || {
+            conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+            conn.is_some()
+        });
+        let mut tcp = conn.unwrap();
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut body = String::new();
         tcp.read_to_string(&mut body).unwrap();
@@ -233,8 +249,7 @@ fn the_reference_overlaybd_image_pulled_in_full_greets() {
     let snap = Snapshotter::start(t.path(), "");
     let ctrd = Containerd::start(t.path(), &snap.socket, "obdfull");
     ctrd.ctr(&["image", "pull", "--plain-http", "--snapshotter", "overlaybd", &img]);
-    let out = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "h1"]);
-    assert!(out.contains("Hello from Docker!"), "{out}");
+    ctrd.run_logged(&["--rm", "--snapshotter", "overlaybd", &img, "h1"], &["Hello from Docker!"]);
     // the layer was unpacked to a local overlaybd file and served from a device of ours
     let configs: Vec<_> = snapshot_dirs(&snap)
         .into_iter()
@@ -249,10 +264,12 @@ fn the_reference_overlaybd_image_pulled_in_full_greets() {
     drop(snap);
 }
 
-/// The chain ID of a one-layer image is its diff ID, here the layer digest.
-fn prepare_remote_hello(c: &mut Client, reg: &Registry) -> String {
+/// Pulls the hello image's layer from the registry at `host` as containerd does: a Prepare
+/// with the target labels, which the snapshotter answers by committing the remote layer
+/// itself. The chain ID of a one-layer image is its diff ID, here the layer digest.
+fn prepare_remote_hello(c: &mut Client, host: &str) -> String {
     let chain = HELLO_LAYER.to_string();
-    let image = format!("{}/test/hello:obd", reg.host);
+    let image = format!("{host}/test/hello:obd");
     let size = HELLO_LAYER_SIZE.to_string();
     let e = c
         .prepare(
@@ -265,22 +282,38 @@ fn prepare_remote_hello(c: &mut Client, reg: &Registry) -> String {
     chain
 }
 
+/// The blob GETs of the hello layer the proxy forwarded; every one a range request (fails
+/// otherwise), and answered by the registry with partial content (its log line comes after
+/// its answer: waited for).
+fn hello_reads_are_ranges(proxy: &Proxy, reg: &Registry) -> usize {
+    let reqs = proxy.requests();
+    let ranges = snapshotter_ranges(&reqs, HELLO_LAYER);
+    let n = reqs.iter().filter(|r| r.is_blob_get(HELLO_LAYER)).count();
+    assert_eq!(ranges.len(), n, "GETs of the layer not made by the snapshotter: {reqs:#?}");
+    let gets = reg.wait_for_blob_gets(HELLO_LAYER, n);
+    assert!(gets.iter().all(|l| l.contains("http.response.status=206")), "not only ranges were read: {gets:#?}");
+    n
+}
+
 #[test]
 fn a_remote_layer_is_committed_by_the_snapshotter_and_read_lazily() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
     let (reg, _) = hello_registry(t.path());
-    let before = reg.log_text().lines().count();
-    let snap = Snapshotter::start(t.path(), &insecure(&reg));
+    // the registry behind a proxy that records each request before forwarding it
+    let proxy = Proxy::start(&reg.host);
+    let cache = t.path().join("cache");
+    // no prefetch at pull: the layer is read only when a container reads it
+    let cfg = format!("prefetchOnPull = false\n{}{}", insecure_host(&proxy.host), cache_toml(&cache));
+    let mut snap = Snapshotter::start(t.path(), &cfg);
     let mut c = Client::connect(&snap.socket);
-    let chain = prepare_remote_hello(&mut c, &reg);
+    let chain = prepare_remote_hello(&mut c, &proxy.host);
     // containerd's handshake: a Walk for the chain ID, then a Stat
     let found = c.list(&[&format!(r#"labels."{REF}"=={chain},parent=="#)]).unwrap();
     assert_eq!(found, vec![chain.clone()]);
     let (kind, _, labels) = c.stat(&chain).unwrap();
     assert_eq!(kind, 3);
     assert_eq!(labels.get("containerd.io/snapshot/remote").map(String::as_str), Some("remote snapshot"));
-    assert_eq!(reg.log_text().lines().count(), before, "the layer was fetched at pull time");
     // a second pull of the same layer (another namespace) finds it
     let e = c
         .prepare(
@@ -290,6 +323,11 @@ fn a_remote_layer_is_committed_by_the_snapshotter_and_read_lazily() {
         )
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
+    // the pull is over (its calls returned, and with prefetchOnPull off it leaves no work in the
+    // background) and it asked the registry for nothing: a request would have been recorded
+    // before the call that made it could return
+    assert_eq!(proxy.requests(), vec![], "the registry was asked for something at pull: {}", snap.log_text());
+    assert_eq!(cached(&cache, HELLO_LAYER), (vec![], vec![]), "something of the layer is in the cache");
     // a container on it: the device is attached and read by ranges
     let m = c.prepare("ctr1", &chain, &[]).unwrap();
     assert_eq!(m[0].0, "overlay");
@@ -298,19 +336,48 @@ fn a_remote_layer_is_committed_by_the_snapshotter_and_read_lazily() {
     let hello = std::fs::read(target.join("hello")).unwrap();
     assert_eq!(sha256(&hello), HELLO_SHA);
     grpc::umount(&target);
-    let log = reg.log_text();
-    let gets: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/v2/test/hello/blobs/{HELLO_LAYER}")))
-        .collect();
-    assert!(!gets.is_empty(), "the registry never served the blob: {log}");
-    assert!(gets.iter().all(|l| l.contains("http.response.status=206")), "not only ranges were read: {gets:#?}");
+    assert!(hello_reads_are_ranges(&proxy, &reg) > 0, "the registry never served the blob: {}", reg.log_text());
     c.remove("ctr1").unwrap();
     c.remove(&chain).unwrap();
-    drop(c);
-    let mut snap = snap;
-    snap.stop(nix::sys::signal::Signal::SIGTERM);
-    assert_nothing_left(&snap);
+    stop_and_check_clean(&mut snap, c);
+}
+
+#[test]
+fn a_remote_layer_pulled_has_its_metadata_alone_fetched_in_the_background() {
+    require_real_parts();
+    let t = tempfile::tempdir().unwrap();
+    let (reg, _) = hello_registry(t.path());
+    let proxy = Proxy::start(&reg.host);
+    let cache = t.path().join("cache");
+    // prefetchOnPull is on by default
+    let mut snap = Snapshotter::start(t.path(), &format!("{}{}", insecure_host(&proxy.host), cache_toml(&cache)));
+    let mut c = Client::connect(&snap.socket);
+    let chain = prepare_remote_hello(&mut c, &proxy.host);
+    // the Commit of the remote layer fetches its metadata in the background, and logs when
+    // that is over: from then on, every request it made has been recorded
+    let done = snap.wait_for_log(&["layer metadata", "at pull"]);
+    assert!(done.contains("layer metadata fetched at pull"), "{done}\n{}", snap.log_text());
+    // what was fetched: the layer's metadata ranges (head, tail), kept in the cache as such,
+    // and no layer data
+    let at_pull = proxy.requests();
+    assert_only_metadata_fetched(&at_pull, HELLO_LAYER, HELLO_LAYER_SIZE, &cache);
+    hello_reads_are_ranges(&proxy, &reg);
+    // a container on it: its device opens the layer from the cached metadata (no metadata
+    // range asked for again) and reads the data by ranges
+    let meta = snapshotter_ranges(&at_pull, HELLO_LAYER);
+    let m = c.prepare("ctr1", &chain, &[]).unwrap();
+    let target = t.path().join("rootfs");
+    grpc::mount(&m, &target);
+    assert_eq!(sha256(&std::fs::read(target.join("hello")).unwrap()), HELLO_SHA);
+    grpc::umount(&target);
+    let reqs = proxy.requests();
+    let again: Vec<(u64, u64)> =
+        snapshotter_ranges(&reqs[at_pull.len()..], HELLO_LAYER).into_iter().filter(|r| meta.contains(r)).collect();
+    assert!(again.is_empty(), "metadata fetched again when the device opened: {again:?}\n{reqs:#?}");
+    hello_reads_are_ranges(&proxy, &reg);
+    c.remove("ctr1").unwrap();
+    c.remove(&chain).unwrap();
+    stop_and_check_clean(&mut snap, c);
 }
 
 #[test]
@@ -320,7 +387,7 @@ fn writes_survive_a_restart_and_a_committed_writable_layer_is_a_lower() {
     let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
-    let chain = prepare_remote_hello(&mut c, &reg);
+    let chain = prepare_remote_hello(&mut c, &reg.host);
     // a writable overlaybd device for the container (rwMode dir)
     let m = c.prepare("w", &chain, &[(WRITABLE, "dir")]).unwrap();
     assert_eq!(m[0].0, "bind");
@@ -396,12 +463,12 @@ fn bad_labels_and_missing_blobs_give_clear_errors_and_leave_nothing() {
         )
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
-    let start = std::time::Instant::now();
+    // (a blob the registry does not have fails at once, not after retries: the client bounds
+    // the call, so a hang fails the test)
     let e = c.prepare("ctr-missing", "sha256:c3", &[]).unwrap_err();
-    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
     assert!(e.message().contains(&missing[7..20]) || e.message().contains("404"), "{}", e.message());
     // still usable: the good image runs
-    let chain = prepare_remote_hello(&mut c, &reg);
+    let chain = prepare_remote_hello(&mut c, &reg.host);
     let m = c.prepare("ok", &chain, &[]).unwrap();
     let target = t.path().join("rootfs");
     grpc::mount(&m, &target);
@@ -433,47 +500,60 @@ fn sigkill_during_writes_ends_them_with_an_error_and_a_restart_recovers_without_
     let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
-    let chain = prepare_remote_hello(&mut c, &reg);
+    let chain = prepare_remote_hello(&mut c, &reg.host);
     let m = c.prepare("w", &chain, &[(WRITABLE, "dir")]).unwrap();
     let target = t.path().join("rootfs");
     grpc::mount(&m, &target);
-    // a writer that fsyncs each 1 MiB file and notes it once it is durable
+    // a writer that fsyncs each 1 MiB file and notes it once it is durable (its output in a
+    // file; killed if the test fails before it ends)
     let done = t.path().join("done.txt");
-    let mut writer = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "i=0; while true; do dd if=/dev/zero of={0}/f$i bs=64k count=16 conv=fsync 2>/dev/null || exit 3; echo $i >> {1}; i=$((i+1)); done",
-            target.display(),
-            done.display()
-        ))
-        .spawn()
-        .unwrap();
+    let writer_log = t.path().join("writer.log");
+    struct Writer(std::process::Child);
+    impl Drop for Writer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut writer = Writer(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while true; do dd if=/dev/zero of={0}/f$i bs=64k count=16 conv=fsync 2>/dev/null || exit 3; echo $i >> {1}; i=$((i+1)); done",
+                target.display(),
+                done.display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(std::fs::File::create(&writer_log).unwrap()))
+            .stderr(std::process::Stdio::from(std::fs::File::create(t.path().join("writer.err")).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
     wait_for(
-        30,
+        120,
         || std::fs::read_to_string(&done).map_or(0, |s| s.lines().count()) >= 3,
-        || "the writer made no progress".into(),
+        || format!("the writer made no progress: {}", snap.log_text()),
     );
     drop(c);
     snap.stop(nix::sys::signal::Signal::SIGKILL);
-    // the writer ends with an error in bounded time: no hang on the dead device
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = writer.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > end {
-            let _ = writer.kill();
-            panic!("the writer hangs on the device of a killed snapshotter");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    // the writer ends with an error: no hang on the dead device (a generous bound)
+    let mut status = None;
+    wait_for(
+        120,
+        || {
+            status = writer.0.try_wait().unwrap();
+            status.is_some()
+        },
+        || "the writer hangs on the device of a killed snapshotter".into(),
+    );
+    let status = status.unwrap();
     assert!(!status.success(), "{status}");
     let durable: Vec<String> = std::fs::read_to_string(&done).unwrap().lines().map(str::to_string).collect();
     run(Command::new("umount").arg("-l").arg(&target));
     // the restart removes the dead device's remains and attaches it anew with the durable data
     snap.restart();
     wait_for(
-        30,
+        120,
         || !mounts_under(&snap.root).is_empty(),
         || format!("the device was not attached again at start: {}", snap.log_text()),
     );
@@ -506,14 +586,19 @@ fn remove_all_images(ctrd: &Containerd) {
 fn a_cri_pull_is_lazy_and_the_image_greets() {
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
-    let (reg, img) = hello_registry(t.path());
-    let snap = Snapshotter::start(t.path(), &insecure(&reg));
-    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &reg.host);
-    let before = reg.log_text();
+    let (reg, _) = hello_registry(t.path());
+    // the registry behind a proxy that records each request before forwarding it
+    let proxy = Proxy::start(&reg.host);
+    let img = format!("{}/test/hello:obd", proxy.host);
+    let snap = Snapshotter::start(t.path(), &insecure_host(&proxy.host));
+    let ctrd = Containerd::start_with_cri(t.path(), &snap.socket, &proxy.host);
     cri::pull(&ctrd.socket, &img).unwrap_or_else(|e| panic!("{e}\n{}", snap.log_text()));
-    // no layer data was fetched at pull time, and none landed in containerd's content store
-    let pulled = reg.log_text()[before.len()..].to_string();
-    assert!(!pulled.contains(&format!("blobs/{HELLO_LAYER}\" http.request.useragent=containerd")), "{pulled}");
+    // containerd did not ask for the layer blob (the pull has returned: any request of it was
+    // recorded), and it is not in containerd's content store
+    let reqs = proxy.requests();
+    let by_containerd: Vec<&ProxyRequest> =
+        reqs.iter().filter(|r| r.path.ends_with(HELLO_LAYER) && !r.user_agent.starts_with(SNAPSHOTTER_AGENT)).collect();
+    assert!(by_containerd.is_empty(), "containerd fetched the layer: {by_containerd:#?}");
     let content = ctrd.ctr(&["content", "ls"]);
     let blobs: Vec<&str> = content.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert!(!blobs.contains(&HELLO_LAYER), "the layer blob is in the content store: {content}");
@@ -521,16 +606,10 @@ fn a_cri_pull_is_lazy_and_the_image_greets() {
     let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert!(snaps.contains(HELLO_LAYER), "{snaps}");
     // the container starts from the registry, read by ranges
-    let out = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1"]);
-    assert!(out.contains("Hello from Docker!"), "{out}");
-    let log = reg.log_text();
-    let gets: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/v2/test/hello/blobs/{HELLO_LAYER}")))
-        .collect();
-    assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
+    ctrd.run_logged(&["--rm", "--snapshotter", "overlaybd", &img, "lazy1"], &["Hello from Docker!"]);
+    assert!(hello_reads_are_ranges(&proxy, &reg) > 0, "the registry never served the blob: {}", reg.log_text());
     remove_all_images(&ctrd);
-    assert!(snapshot_dirs(&snap).is_empty(), "{:?}", snapshot_dirs(&snap));
+    wait_for_no_snapshot_dirs(&snap);
     drop(ctrd);
     drop(snap);
 }
@@ -553,7 +632,7 @@ fn a_full_disk_gives_a_clear_error_and_the_snapshotter_stays_usable() {
     let _u = Unmount(small.clone());
     let mut snap = Snapshotter::start(&small, &insecure(&reg));
     let mut c = Client::connect(&snap.socket);
-    let chain = prepare_remote_hello(&mut c, &reg);
+    let chain = prepare_remote_hello(&mut c, &reg.host);
     // fill the disk, then a container's writable layer cannot be made
     let filler = small.join("filler");
     let _ = output(Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).args(["bs=64k"]));
@@ -597,19 +676,33 @@ impl IoContainer {
                       2>/dev/null; then echo ok >> /tmp/log; else echo err >> /tmp/log; fi; i=$((i+1)); sleep 0.02; done";
         ctrd.ctr(&["run", "-d", "--snapshotter", "overlaybd", &img, id, "sh", "-c", script]);
         let c = IoContainer { _reg: reg, snap, ctrd, img, id };
-        wait_for(30, || c.count("ok") >= min_ok, || format!("the container made no progress: {}", c.snap.log_text()));
+        wait_for(120, || c.count("ok") >= min_ok, || format!("the container made no progress: {}", c.snap.log_text()));
         c
     }
 
-    /// How many reads logged `what`.
+    /// How many reads logged `what`. The log is read from the host, in the upper directory of
+    /// the container's overlay (under the snapshotter's root): an exec in the container would
+    /// need its image's device, gone in these tests, as soon as a page of the binary it runs
+    /// is no longer cached.
     fn count(&self, what: &str) -> usize {
-        let o = self.ctrd.ctr_output(&["task", "exec", "--exec-id", "l", self.id, "cat", "/tmp/log"]);
-        String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == what).count()
+        let logs: Vec<std::path::PathBuf> = snapshot_dirs(&self.snap)
+            .into_iter()
+            .map(|d| self.snap.root.join("snapshots").join(d).join("fs/tmp/log"))
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(logs.len() <= 1, "{logs:?}");
+        logs.first()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default().lines().filter(|l| *l == what).count())
+            .unwrap_or(0)
     }
 
-    /// The container's reads fail, promptly, instead of hanging.
+    /// The container's reads fail instead of hanging (a generous bound).
     fn wait_for_failing_reads(&self) {
-        wait_for(60, || self.count("err") >= 3, || "reads on the gone device neither fail nor go on".into());
+        wait_for(
+            120,
+            || self.count("err") >= 3,
+            || format!("reads on the gone device neither fail nor go on: {}", self.snap.log_text()),
+        );
     }
 
     /// Restarts the snapshotter, removes the container and every image, and checks that no
@@ -619,17 +712,21 @@ impl IoContainer {
         // containerd's gRPC channel redials with a backoff: wait until it reaches the new process
         let ctrd = &self.ctrd;
         wait_for(
-            60,
+            120,
             || ctrd.ctr_output(&["snapshots", "--snapshotter", "overlaybd", "usage"]).status.success(),
-            || "containerd does not reach the restarted snapshotter".into(),
+            || format!("containerd does not reach the restarted snapshotter: {}", ctrd.log_tail()),
         );
         ctrd.ctr(&["task", "kill", "-s", "KILL", self.id]);
-        wait_for(30, || ctrd.ctr_output(&["task", "rm", self.id]).status.success(), || "the task does not go".into());
+        wait_for(
+            120,
+            || ctrd.ctr_output(&["task", "rm", self.id]).status.success(),
+            || format!("the task does not go: {}", ctrd.log_tail()),
+        );
         ctrd.ctr(&["container", "rm", self.id]);
         remove_all_images(ctrd);
         let snap = &self.snap;
         wait_for(
-            30,
+            120,
             || {
                 snapshot_dirs(snap).is_empty()
                     && loop_devices_of(&snap.run_dir).is_empty()
@@ -671,8 +768,7 @@ fn sigkill_under_a_running_container_ends_its_io_with_errors_and_leaves_nothing_
     c.restart_and_remove_all();
     // and the snapshotter still serves: the image pulls and runs again
     cri::pull(&c.ctrd.socket, &c.img).unwrap();
-    let out = c.ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &c.img, "io2", "cat", "/etc/keep"]);
-    assert!(out.contains("keep"), "{out}");
+    c.ctrd.run_logged(&["--rm", "--snapshotter", "overlaybd", &c.img, "io2", "cat", "/etc/keep"], &["keep"]);
     remove_all_images(&c.ctrd);
     c.finish();
 }
@@ -684,7 +780,7 @@ fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_
     let (reg, _) = hello_registry(t.path());
     let mut snap = Snapshotter::start(t.path(), &format!("autoRemoveDev = true\n{}", insecure(&reg)));
     let mut c = Client::connect(&snap.socket);
-    let chain = prepare_remote_hello(&mut c, &reg);
+    let chain = prepare_remote_hello(&mut c, &reg.host);
     // dev: a raw writable device, mounted by whoever runs the container
     let m = c.prepare("d", &chain, &[(WRITABLE, "dev")]).unwrap();
     let (ty, dev, opts) = &m[0];
@@ -706,14 +802,30 @@ fn dev_mode_hands_the_device_to_the_runtime_and_auto_remove_dev_detaches_unused_
     let devices_before = loop_devices_of(&snap.run_dir).len();
     assert!(devices_before >= 1);
     c.remove("r").unwrap();
-    assert_eq!(loop_devices_of(&snap.run_dir).len(), devices_before - 1, "{:?}", loop_devices_of(&snap.run_dir));
+    // (the Remove detached it; the kernel may drop the loop device a moment later)
+    wait_for(
+        60,
+        || loop_devices_of(&snap.run_dir).len() == devices_before - 1,
+        || {
+            format!(
+                "{devices_before} loop devices before, now {:?}: {}",
+                loop_devices_of(&snap.run_dir),
+                snap.log_text()
+            )
+        },
+    );
     let a = c.prepare("a1", &chain, &[]).unwrap();
     let b = c.prepare("a2", &chain, &[]).unwrap();
     assert_eq!(a[0].2.last(), b[0].2.last(), "two containers share the image's device");
+    // (a detach is done by the Remove that calls for it: once it returned, none happened)
     c.remove("a1").unwrap();
     assert!(!mounts_under(&snap.root).is_empty(), "detached while a2 still uses it");
     c.remove("a2").unwrap();
-    assert!(mounts_under(&snap.root).is_empty(), "{:?}", mounts_under(&snap.root));
+    wait_for(
+        60,
+        || mounts_under(&snap.root).is_empty(),
+        || format!("{:?}: {}", mounts_under(&snap.root), snap.log_text()),
+    );
     c.remove("D").unwrap();
     c.remove(&chain).unwrap();
     stop_and_check_clean(&mut snap, c);
@@ -724,10 +836,9 @@ fn sigterm_with_a_running_container_stops_in_bounded_time_and_its_io_fails_clean
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
     let mut c = IoContainer::start(t.path(), "t1", 5);
-    // a graceful stop (an upgrade, systemctl restart) must not hang on the busy device
-    let started = std::time::Instant::now();
+    // a graceful stop (an upgrade, systemctl restart) must not hang on the busy device (stop
+    // fails the test if the process has not exited after a generous bound)
     let status = c.snap.stop(nix::sys::signal::Signal::SIGTERM).expect("it was running");
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
     assert!(status.success(), "{status}: {}", c.snap.log_text());
     c.wait_for_failing_reads();
     c.restart_and_remove_all();

@@ -1,19 +1,16 @@
 //! End-to-end tests of the prefetch at pull (`prefetchOnPull`): an image with an acceleration
 //! layer is rpulled (`ctr-obd`) through a TCP proxy in front of Debian's docker-registry, and the
 //! snapshotter replays the layer's trace into its chunk cache as soon as the layer is committed,
-//! with no container started. Needs the real parts (root, containerd, runc, docker-registry,
+//! with no container started. What must happen while a warm-up is under way (a cancel, a
+//! container starting) happens while the proxy holds back the reads of the layer's blob, so
+//! the warm-up cannot be over before it, however busy the machine. Needs the real parts (root, containerd, runc, docker-registry,
 //! skopeo, FUSE) and this build's `overlaybd-snapshotter` and `ctr-obd`
 //! (`cargo build --release -p overlaybd-snapshotter -p ctr-obd`).
 
 #[allow(unused_imports)] // the shared helpers re-export what other tests use
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
 use common::*;
 
@@ -22,79 +19,35 @@ const BLOB_DIGEST: &str = "containerd.io/snapshot/overlaybd/blob-digest";
 const BLOB_SIZE: &str = "containerd.io/snapshot/overlaybd/blob-size";
 const VERSION: &str = "containerd.io/snapshot/overlaybd/version";
 
-/// A TCP proxy to `upstream` counting the bytes it sends back, optionally slowed down (a pause
-/// after every 8 KiB sent back, per connection).
-struct Proxy {
-    host: String,
-    down_bytes: Arc<AtomicU64>,
-    pause_ms: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
+/// The test image, pushed to a registry.
+struct AccelImage {
+    /// The busybox overlaybd image plus its acceleration layer (`NAME:accel`).
+    accel: String,
+    /// The same image without the acceleration layer (`NAME:obd`).
+    base: String,
+    /// The digest of the overlaybd layer's blob.
+    layer: String,
+    /// The bytes the trace reads (of the layer's uncompressed view).
+    traced: u64,
+    /// The size of the layer's blob (compressed).
+    blob_len: u64,
+    /// The sha256 of `/etc/big`.
+    big_sha: String,
 }
 
-impl Proxy {
-    fn start(upstream: &str) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let host = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
-        let p = Proxy { host, down_bytes: Arc::default(), pause_ms: Arc::default(), stop: Arc::default() };
-        let (down, pause, stop, up) = (p.down_bytes.clone(), p.pause_ms.clone(), p.stop.clone(), upstream.to_string());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let Ok(client) = c else { continue };
-                let Ok(server) = TcpStream::connect(&up) else { continue };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(c2, s2, None, None));
-                let (down, pause) = (down.clone(), pause.clone());
-                std::thread::spawn(move || pipe(server, client, Some(down), Some(pause)));
-            }
-        });
-        p
-    }
-
-    fn bytes(&self) -> u64 {
-        self.down_bytes.load(Ordering::Acquire)
+impl AccelImage {
+    /// The references through `proxy` (in front of the registry it was pushed to).
+    fn via(&self, reg: &Registry, proxy: &Proxy) -> (String, String) {
+        (self.accel.replacen(&reg.host, &proxy.host, 1), self.base.replacen(&reg.host, &proxy.host, 1))
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = TcpStream::connect(&self.host);
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>, pause: Option<Arc<AtomicU64>>) {
-    let mut b = vec![0u8; 8192];
-    loop {
-        let n = match from.read(&mut b) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&b[..n]).is_err() {
-            break;
-        }
-        if let Some(c) = &count {
-            c.fetch_add(n as u64, Ordering::AcqRel);
-        }
-        if let Some(p) = &pause {
-            let ms = p.load(Ordering::Acquire);
-            if ms > 0 {
-                std::thread::sleep(Duration::from_millis(ms));
-            }
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Both);
-    let _ = from.shutdown(std::net::Shutdown::Both);
-}
-
-/// The busybox overlaybd image plus an acceleration layer whose trace reads every mapped range
-/// of the image's layer, pushed to `reg` as `name:accel`. The reference, the traced bytes (of
-/// the layer's uncompressed view), the size of the layer's blob (compressed) and the sha256 of
-/// `/etc/big`.
-fn accel_image(dir: &Path, reg: &Registry, name: &str) -> (String, u64, u64, String) {
+/// The busybox overlaybd image, pushed to `reg` as `name:obd`, and the same plus an
+/// acceleration layer whose trace reads every mapped range of the image's layer, as
+/// `name:accel`.
+fn accel_image(dir: &Path, reg: &Registry, name: &str) -> AccelImage {
     let (layout, big_sha) = busybox_overlaybd_image(dir, "obd");
+    let base = reg.push(&layout.dir, "obd", name);
     let blobs = layout.dir.join("blobs/sha256");
     let json = |d: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(blobs.join(d.trim_start_matches("sha256:"))).unwrap()).unwrap()
@@ -103,7 +56,8 @@ fn accel_image(dir: &Path, reg: &Registry, name: &str) -> (String, u64, u64, Str
         serde_json::from_slice(&std::fs::read(layout.dir.join("index.json")).unwrap()).unwrap();
     let mut manifest = json(index["manifests"][0]["digest"].as_str().unwrap());
     let mut config = json(manifest["config"]["digest"].as_str().unwrap());
-    let layer = blobs.join(manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+    let digest = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer = blobs.join(digest.trim_start_matches("sha256:"));
 
     // the trace: every data range of the layer, as a recording of a full read would hold
     let stack = backstore::Stack::open_files(&[&layer], None).unwrap();
@@ -140,8 +94,8 @@ fn accel_image(dir: &Path, reg: &Registry, name: &str) -> (String, u64, u64, Str
     manifest["config"]["digest"] = serde_json::json!(cd);
     manifest["config"]["size"] = serde_json::json!(c.len());
     layout.index(&serde_json::to_string(&manifest).unwrap(), "accel");
-    let pushed = reg.push(&layout.dir, "accel", name);
-    (pushed, traced, blob_len, big_sha)
+    let accel = reg.push(&layout.dir, "accel", name);
+    AccelImage { accel, base, layer: digest, traced, blob_len, big_sha }
 }
 
 fn ctr_obd(c: &Containerd, tmp: &Path, args: &[&str]) -> String {
@@ -168,20 +122,6 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-/// The pid of the snapshotter serving `socket`.
-fn snapshotter_pid(socket: &Path) -> u32 {
-    let want = socket.display().to_string();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.first().is_some_and(|a| a.ends_with("overlaybd-snapshotter")) && args.contains(&want) {
-            return pid;
-        }
-    }
-    panic!("no snapshotter process serving {want}");
-}
-
 /// The names of the threads of `pid` starting with `prefix`.
 fn threads(pid: u32, prefix: &str) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
@@ -192,21 +132,41 @@ fn threads(pid: u32, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Metadata ranges kept in the cache (`meta-<offset>-<len>` files).
-fn meta_files(dir: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            n += meta_files(&e.path());
-        } else if e.file_name().to_string_lossy().starts_with("meta-") {
-            n += 1;
-        }
-    }
-    n
+/// Whether the warm-up's prefetch workers are running in `pid`.
+fn warming(pid: u32) -> bool {
+    !threads(pid, "obd-prefetch").is_empty()
 }
 
-fn config_toml(cache: &Path, extra: &str) -> String {
-    format!("{extra}[backstore.cacheConfig]\ncacheType = \"file\"\ncacheDir = \"{}\"\n", cache.display())
+/// Whether the warm-up and its workers are gone from `pid`.
+fn warm_up_gone(pid: u32) -> bool {
+    threads(pid, "obd-prefetch").is_empty() && threads(pid, "obd-warmup").is_empty()
+}
+
+/// The lines of `log` where a warm-up acknowledged that it was cancelled: from then on it
+/// cannot finish (the line of the cancel itself, "...: the snapshot is removed", is written
+/// before the warm-up sees it).
+fn cancels_seen(log: &str) -> usize {
+    complete_lines(log)
+        .filter(|l| l.contains("prefetch at pull cancelled") && !l.contains("the snapshot is removed"))
+        .count()
+}
+
+/// Pulls `base` (the image without its acceleration layer) and waits until the layer's
+/// metadata is in the cache: a warm-up started afterwards opens the layer from there, and
+/// asks the registry only for the data its trace reads.
+fn pull_base_first(snap: &Snapshotter, ctrd: &Containerd, tmp: &Path, base: &str) {
+    ctr_obd(ctrd, tmp, &["rpull", "--plain-http", base]);
+    let done = snap.wait_for_log(&["layer metadata", "at pull"]);
+    assert!(done.contains("layer metadata fetched at pull"), "{done}\n{}", snap.log_text());
+}
+
+/// With the layer's blob held back at `proxy`, waits until the warm-up's workers wait for it.
+fn wait_for_held_warm_up(snap: &Snapshotter, proxy: &Proxy, pid: u32) {
+    wait_for(
+        120,
+        || warming(pid) && proxy.held() > 0,
+        || format!("no warm-up waits for the layer ({} requests held): {}", proxy.held(), snap.log_text()),
+    );
 }
 
 #[test]
@@ -214,45 +174,52 @@ fn the_trace_is_prefetched_at_pull_and_the_container_runs_without_the_registry()
     require_real_parts();
     let t = tempfile::tempdir().unwrap();
     let tmp = t.path().join("tmp");
-    let cache: PathBuf = t.path().join("cache");
+    let cache = t.path().join("cache");
     let reg = Registry::start();
-    let (pushed, traced, blob_len, big_sha) = accel_image(&t.path().join("img"), &reg, "test/warm");
+    let i = accel_image(&t.path().join("img"), &reg, "test/warm");
     let proxy = Proxy::start(&reg.host);
-    let img = pushed.replacen(&reg.host, &proxy.host, 1);
-    let snap = Snapshotter::start(t.path(), &config_toml(&cache, ""));
+    let (img, _) = i.via(&reg, &proxy);
+    let snap = Snapshotter::start(t.path(), &cache_toml(&cache));
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obd-warm");
+    let pid = snap.pid().expect("it runs");
 
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
     // no container: the warm-up alone fetches the traced ranges into the cache
-    wait_until("the prefetch at pull to finish", 120, || snap.log_text().contains("prefetch at pull finished"));
+    snap.wait_for_log(&["prefetch at pull finished"]);
     let log = snap.log_text();
     assert!(!log.contains("device attached"), "a device was attached: {log}");
-    let cached = du(&cache);
+    let cached_bytes = du(&cache);
     eprintln!(
-        "traced {traced} bytes (a {blob_len}-byte blob); cache {cached} bytes; {} bytes through the proxy",
+        "traced {} bytes (a {}-byte blob); cache {cached_bytes} bytes; {} bytes through the proxy",
+        i.traced,
+        i.blob_len,
         proxy.bytes()
     );
     // the trace covers every data range: about the whole (compressed) blob is fetched and cached
-    assert!(traced > 3_000_000 && blob_len > 3_000_000, "{traced} {blob_len}");
-    assert!(cached >= blob_len * 9 / 10, "cache {cached} bytes after a prefetch of a {blob_len}-byte blob");
-    assert!(proxy.bytes() >= blob_len * 9 / 10, "{} bytes from the registry", proxy.bytes());
+    assert!(i.traced > 3_000_000 && i.blob_len > 3_000_000, "{} {}", i.traced, i.blob_len);
+    assert!(
+        cached_bytes >= i.blob_len * 9 / 10,
+        "cache {cached_bytes} bytes after a prefetch of a {}-byte blob",
+        i.blob_len
+    );
+    assert!(proxy.bytes() >= i.blob_len * 9 / 10, "{} bytes from the registry", proxy.bytes());
     // the remote layer's metadata (headers, jump table, index) was fetched at pull too, and is
     // in the cache as such
-    wait_until("the layer metadata at pull", 60, || snap.log_text().contains("layer metadata fetched at pull"));
-    assert_eq!(meta_files(&cache), 2, "a head and a tail range");
+    let done = snap.wait_for_log(&["layer metadata", "at pull"]);
+    assert!(done.contains("layer metadata fetched at pull"), "{done}\n{}", snap.log_text());
+    let (meta, _) = cached(&cache, &i.layer);
+    assert_eq!(meta.len(), 2, "a head and a tail range: {meta:?}");
     // the workers are gone once it finished
-    let pid = snapshotter_pid(&snap.socket);
-    wait_until("the warm-up threads to exit", 30, || {
-        threads(pid, "obd-prefetch").is_empty() && threads(pid, "obd-warmup").is_empty()
-    });
-    wait_until("the layer metadata threads to exit", 30, || threads(pid, "obd-layer-meta").is_empty());
+    wait_until("the warm-up threads to exit", 120, || warm_up_gone(pid));
+    wait_until("the layer metadata threads to exit", 120, || threads(pid, "obd-layer-meta").is_empty());
 
     // with the registry gone, the container reads the traced file from the cache
     drop(proxy);
     drop(reg);
-    let ran =
-        ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "warm1", "/bin/sh", "-c", "sha256sum /etc/big"]);
-    assert!(ran.contains(&big_sha), "{ran}\n{}", snap.log_text());
+    ctrd.run_logged(
+        &["--rm", "--snapshotter", "overlaybd", &img, "warm1", "/bin/sh", "-c", "sha256sum /etc/big"],
+        &[&i.big_sha],
+    );
     drop(ctrd);
     drop(snap);
 }
@@ -263,50 +230,51 @@ fn a_slow_prefetch_at_pull_is_cancelled_by_image_removal_and_by_sigterm() {
     let t = tempfile::tempdir().unwrap();
     let tmp = t.path().join("tmp");
     let reg = Registry::start();
-    let (pushed, _, _, _) = accel_image(&t.path().join("img"), &reg, "test/slow");
+    let i = accel_image(&t.path().join("img"), &reg, "test/slow");
     let proxy = Proxy::start(&reg.host);
-    let img = pushed.replacen(&reg.host, &proxy.host, 1);
-    let mut snap = Snapshotter::start(t.path(), &config_toml(&t.path().join("cache"), ""));
+    let (img, base) = i.via(&reg, &proxy);
+    let mut snap = Snapshotter::start(t.path(), &cache_toml(&t.path().join("cache")));
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obd-slow");
-    let pid = snapshotter_pid(&snap.socket);
-    // its prefetch workers are reading
-    let warming = || !threads(pid, "obd-prefetch").is_empty();
-    let gone = || threads(pid, "obd-prefetch").is_empty() && threads(pid, "obd-warmup").is_empty();
+    let pid = snap.pid().expect("it runs");
     let log_path = snap.log.clone();
-    let log_has = move |what: &str| std::fs::read_to_string(&log_path).unwrap_or_default().contains(what);
+    let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+    pull_base_first(&snap, &ctrd, &tmp, &base);
 
-    // a slow link (80 KiB a second per connection): the warm-up's workers are reading when the
-    // image is removed; once the removal has cancelled it, the link is made fast so that the
-    // reads in flight end (cancelling waits for them)
-    proxy.pause_ms.store(100, Ordering::Release);
+    // the registry does not answer for the layer's blob (a link that stalls) until the hold
+    // ends: the warm-up's workers wait for their reads when the image is removed; once the
+    // warm-up has seen the cancel (it cannot finish then), the held reads are refused so that
+    // they end (cancelling waits for them) having cached nothing: the next warm-up has
+    // everything to fetch again
+    let hold = proxy.hold(&i.layer);
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
-    wait_until("the prefetch at pull to start", 60, warming);
+    wait_for_held_warm_up(&snap, &proxy, pid);
     std::thread::scope(|s| {
         let rm = s.spawn(|| ctrd.ctr(&["image", "rm", "--sync", &img]));
-        wait_until("the removal to cancel the warm-up", 120, || log_has("the snapshot is removed"));
-        proxy.pause_ms.store(0, Ordering::Release);
+        wait_for(120, || cancels_seen(&log()) >= 1, || format!("the removal did not cancel the warm-up: {}", log()));
+        hold.refuse();
         rm.join().unwrap();
     });
-    wait_until("the warm-up threads to exit after the removal", 60, gone);
-    assert!(!log_has("prefetch at pull finished"), "{}", snap.log_text());
+    wait_for(120, || warm_up_gone(pid), || format!("the warm-up threads did not exit after the removal: {}", log()));
+    assert!(!log().contains("prefetch at pull finished"), "{}", log());
 
     // again, then SIGTERM: the snapshotter stops the warm-up, joins it and exits
-    proxy.pause_ms.store(100, Ordering::Release);
+    let hold = proxy.hold(&i.layer);
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
-    wait_until("the second prefetch at pull to start", 60, warming);
+    wait_for_held_warm_up(&snap, &proxy, pid);
     let st = std::thread::scope(|s| {
         s.spawn(|| {
-            wait_until("the snapshotter to get SIGTERM", 60, || log_has("SIGTERM"));
-            proxy.pause_ms.store(0, Ordering::Release);
+            wait_for(120, || cancels_seen(&log()) >= 2, || format!("SIGTERM did not cancel the warm-up: {}", log()));
+            hold.refuse();
         });
         snap.stop(nix::sys::signal::Signal::SIGTERM).expect("it was running")
     });
+    // (the process has exited: its log is complete)
     let log = snap.log_text();
     for l in log.lines().filter(|l| l.contains("prefetch at pull") || l.contains("SIGTERM")) {
         eprintln!("{l}");
     }
     assert!(st.success(), "{st}: {log}");
-    assert!(log.matches("prefetch at pull cancelled").count() >= 2, "{log}");
+    assert_eq!(cancels_seen(&log), 2, "{log}");
     assert!(!log.contains("prefetch at pull finished"), "{log}");
     drop(ctrd);
     drop(proxy);
@@ -318,25 +286,34 @@ fn a_container_started_during_the_warm_up_shares_its_fetches() {
     let t = tempfile::tempdir().unwrap();
     let tmp = t.path().join("tmp");
     let reg = Registry::start();
-    let (pushed, _, blob_len, big_sha) = accel_image(&t.path().join("img"), &reg, "test/share");
+    let i = accel_image(&t.path().join("img"), &reg, "test/share");
     let proxy = Proxy::start(&reg.host);
-    let img = pushed.replacen(&reg.host, &proxy.host, 1);
-    let snap = Snapshotter::start(t.path(), &config_toml(&t.path().join("cache"), ""));
+    let (img, base) = i.via(&reg, &proxy);
+    let snap = Snapshotter::start(t.path(), &cache_toml(&t.path().join("cache")));
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obd-share");
-    let pid = snapshotter_pid(&snap.socket);
+    let pid = snap.pid().expect("it runs");
+    pull_base_first(&snap, &ctrd, &tmp, &base);
+    let before = proxy.bytes();
 
-    // a slowish link, so that the container's reads meet the warm-up's
-    proxy.pause_ms.store(20, Ordering::Release);
+    // the warm-up's reads wait (the layer's blob is held back) when the container starts: its
+    // device opens (from the cached metadata), then the hold ends and both read on
+    let hold = proxy.hold(&i.layer);
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
-    wait_until("the prefetch at pull to start", 60, || !threads(pid, "obd-warmup").is_empty());
-    let ran =
-        ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "share1", "/bin/sh", "-c", "sha256sum /etc/big"]);
-    assert!(ran.contains(&big_sha), "{ran}\n{}", snap.log_text());
-    wait_until("the prefetch at pull to end", 120, || snap.log_text().contains("prefetch at pull finished"));
+    wait_for_held_warm_up(&snap, &proxy, pid);
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let cmd = ["--rm", "--snapshotter", "overlaybd", &img, "share1", "/bin/sh", "-c", "sha256sum /etc/big"];
+            ctrd.run_logged(&cmd, &[&i.big_sha])
+        });
+        snap.wait_for_log(&["device attached"]);
+        drop(hold);
+        run.join().unwrap()
+    });
+    snap.wait_for_log(&["prefetch at pull finished"]);
     // the device and the warm-up read through one cache: each chunk came from the registry once
-    let fetched = proxy.bytes();
-    eprintln!("{fetched} bytes through the proxy for a {blob_len}-byte blob");
-    assert!(fetched < blob_len + blob_len / 5, "{fetched} bytes fetched for a {blob_len}-byte blob");
+    let fetched = proxy.bytes() - before;
+    eprintln!("{fetched} bytes through the proxy for a {}-byte blob", i.blob_len);
+    assert!(fetched < i.blob_len + i.blob_len / 5, "{fetched} bytes fetched for a {}-byte blob", i.blob_len);
     drop(ctrd);
     drop(snap);
 }
@@ -348,20 +325,28 @@ fn turned_off_nothing_is_prefetched_at_pull() {
     let tmp = t.path().join("tmp");
     let cache = t.path().join("cache");
     let reg = Registry::start();
-    let (img, _, blob_len, big_sha) = accel_image(&t.path().join("img"), &reg, "test/off");
-    let snap = Snapshotter::start(t.path(), &config_toml(&cache, "prefetchOnPull = false\n"));
+    let i = accel_image(&t.path().join("img"), &reg, "test/off");
+    let proxy = Proxy::start(&reg.host);
+    let (img, _) = i.via(&reg, &proxy);
+    let mut snap = Snapshotter::start(t.path(), &format!("prefetchOnPull = false\n{}", cache_toml(&cache)));
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "obd-off");
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
-    let pid = snapshotter_pid(&snap.socket);
+    // the pull is over (rpull returned; turned off, it leaves nothing running in the
+    // background) and the snapshotter asked the registry for nothing of the layer (the proxy
+    // records a request before forwarding it)
+    let pid = snap.pid().expect("it runs");
     assert!(threads(pid, "obd-").is_empty(), "{:?}", threads(pid, "obd-"));
-    assert!(du(&cache) < blob_len / 2, "cache {} bytes", du(&cache));
-    assert_eq!(meta_files(&cache), 0);
+    assert_eq!(snapshotter_ranges(&proxy.requests(), &i.layer), vec![], "{:#?}", proxy.requests());
+    assert!(du(&cache) < i.blob_len / 2, "cache {} bytes", du(&cache));
+    assert_eq!(cached(&cache, &i.layer), (vec![], vec![]));
     // the device still replays the trace when the container starts
-    let ran =
-        ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "off1", "/bin/sh", "-c", "sha256sum /etc/big"]);
-    assert!(ran.contains(&big_sha), "{ran}");
+    ctrd.run_logged(
+        &["--rm", "--snapshotter", "overlaybd", &img, "off1", "/bin/sh", "-c", "sha256sum /etc/big"],
+        &[&i.big_sha],
+    );
+    drop(ctrd);
+    // (the process has exited: its log is complete)
+    snap.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(!snap.log_text().contains("prefetch at pull"), "{}", snap.log_text());
     assert!(!snap.log_text().contains("layer metadata"), "{}", snap.log_text());
-    drop(ctrd);
-    drop(snap);
 }

@@ -10,7 +10,10 @@ use containerd_snapshots::tonic;
 pub use containerd_snapshots::tonic::Code;
 use overlaybd_integration::fixtures::run;
 
-/// A blocking client.
+/// How long a call may take before the test fails (generous: only a call that hangs meets it).
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A blocking client; every call fails the test if it has no answer within [`CALL_TIMEOUT`].
 pub struct Client {
     rt: tokio::runtime::Runtime,
     c: SnapshotsClient<tonic::transport::Channel>,
@@ -50,7 +53,7 @@ impl Client {
             parent: parent.into(),
             labels: Self::labels(labels),
         };
-        self.rt.block_on(self.c.prepare(req)).map(|r| Self::mounts(r.into_inner().mounts))
+        block(&self.rt, self.c.prepare(req)).map(|r| Self::mounts(r.into_inner().mounts))
     }
 
     /// View.
@@ -61,13 +64,13 @@ impl Client {
             parent: parent.into(),
             labels: HashMap::new(),
         };
-        self.rt.block_on(self.c.view(req)).map(|r| Self::mounts(r.into_inner().mounts))
+        block(&self.rt, self.c.view(req)).map(|r| Self::mounts(r.into_inner().mounts))
     }
 
     /// Mounts.
     pub fn mounts_of(&mut self, key: &str) -> Result<Mounts, tonic::Status> {
         let req = api::MountsRequest { snapshotter: "overlaybd".into(), key: key.into() };
-        self.rt.block_on(self.c.mounts(req)).map(|r| Self::mounts(r.into_inner().mounts))
+        block(&self.rt, self.c.mounts(req)).map(|r| Self::mounts(r.into_inner().mounts))
     }
 
     /// Commit.
@@ -78,19 +81,19 @@ impl Client {
             key: key.into(),
             labels: Self::labels(labels),
         };
-        self.rt.block_on(self.c.commit(req)).map(|_| ())
+        block(&self.rt, self.c.commit(req)).map(|_| ())
     }
 
     /// Remove.
     pub fn remove(&mut self, key: &str) -> Result<(), tonic::Status> {
         let req = api::RemoveSnapshotRequest { snapshotter: "overlaybd".into(), key: key.into() };
-        self.rt.block_on(self.c.remove(req)).map(|_| ())
+        block(&self.rt, self.c.remove(req)).map(|_| ())
     }
 
     /// Stat: (kind, parent, labels).
     pub fn stat(&mut self, key: &str) -> Result<(i32, String, HashMap<String, String>), tonic::Status> {
         let req = api::StatSnapshotRequest { snapshotter: "overlaybd".into(), key: key.into() };
-        self.rt.block_on(self.c.stat(req)).map(|r| {
+        block(&self.rt, self.c.stat(req)).map(|r| {
             let i = r.into_inner().info.unwrap_or_default();
             (i.kind, i.parent, i.labels)
         })
@@ -102,8 +105,9 @@ impl Client {
             snapshotter: "overlaybd".into(),
             filters: filters.iter().map(|s| s.to_string()).collect(),
         };
-        self.rt.block_on(async {
-            let mut s = self.c.list(req).await?.into_inner();
+        let c = &mut self.c;
+        block(&self.rt, async {
+            let mut s = c.list(req).await?.into_inner();
             let mut names = Vec::new();
             while let Some(m) = s.message().await? {
                 names.extend(m.info.into_iter().map(|i| i.name));
@@ -115,11 +119,23 @@ impl Client {
     /// Usage: (size, inodes).
     pub fn usage(&mut self, key: &str) -> Result<(i64, i64), tonic::Status> {
         let req = api::UsageRequest { snapshotter: "overlaybd".into(), key: key.into() };
-        self.rt.block_on(self.c.usage(req)).map(|r| {
+        block(&self.rt, self.c.usage(req)).map(|r| {
             let u = r.into_inner();
             (u.size, u.inodes)
         })
     }
+}
+
+/// Runs call `f` on `rt`, failing the test after [`CALL_TIMEOUT`].
+fn block<T>(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    rt.block_on(async {
+        tokio::time::timeout(CALL_TIMEOUT, f)
+            .await
+            .unwrap_or_else(|_| panic!("no answer from the snapshotter within {} s", CALL_TIMEOUT.as_secs()))
+    })
 }
 
 /// Mounts `m` at `target` the way a runtime would (overlay or bind).
