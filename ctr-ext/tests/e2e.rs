@@ -4,7 +4,11 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
@@ -75,17 +79,123 @@ fn leases(c: &Containerd) -> Vec<String> {
     c.ctr(&["leases", "ls"]).lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
 }
 
-/// Blob GETs of `digest` in the registry's log after `from` bytes of it.
-fn blob_gets(reg: &Registry, from: usize, digest: &str) -> Vec<String> {
-    let log = reg.log_text();
-    log[from.min(log.len())..]
-        .lines()
+/// Nanoseconds since the epoch, now (the clock the registry stamps its log lines with).
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time as Go writes it
+/// (`2024-05-06T07:08:09.123456789Z`, or with a `+02:00` offset).
+fn rfc3339_ns(s: &str) -> Option<i128> {
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (clock, offset_s) = match rest.strip_suffix('Z') {
+        Some(c) => (c, 0),
+        None => {
+            let (c, zone) = rest.split_at(rest.rfind(['+', '-'])?);
+            let (hh, mm) = zone[1..].split_once(':')?;
+            let off = hh.parse::<i64>().ok()? * 3600 + mm.parse::<i64>().ok()? * 60;
+            (c, if zone.starts_with('-') { -off } else { off })
+        }
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.split(':').map(str::parse::<i64>);
+    let (h, mi, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let frac_ns: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}")[..9].parse().ok()? };
+    // days from the civil date (Howard Hinnant's algorithm)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    Some(i128::from(secs) * 1_000_000_000 + i128::from(frac_ns))
+}
+
+/// Nanoseconds of a Go duration as Go writes it (`1m2.5s`, `850.2µs`, `12ms`, `0s`).
+fn go_duration_ns(s: &str) -> Option<i128> {
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (num, tail) = rest.split_at(rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?);
+        let (unit, tail) = tail.split_at(tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len()));
+        let scale = match unit {
+            "h" => 3.6e12,
+            "m" => 6e10,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "\u{b5}s" | "\u{3bc}s" | "us" => 1e3,
+            "ns" => 1.0,
+            _ => return None,
+        };
+        total += num.parse::<f64>().ok()? * scale;
+        rest = tail;
+    }
+    Some(total as i128)
+}
+
+/// When the registry began serving the request of a line of its log: the line's `time` (when
+/// it was written, after the response) less its `http.response.duration`; ns since the epoch.
+fn served_from_ns(line: &str) -> i128 {
+    let parse = || {
+        let time = line.strip_prefix("time=\"")?.split('"').next()?;
+        let took = line.split_whitespace().find_map(|w| w.strip_prefix("http.response.duration="))?;
+        Some(rfc3339_ns(time)? - go_duration_ns(took)?)
+    };
+    parse().unwrap_or_else(|| panic!("no time or duration in the registry's log line {line}"))
+}
+
+/// Blob GETs of `digest` in the registry's log `log` that the registry began serving at or
+/// after `since` (ns since the epoch): the requests made after that moment, wherever their
+/// lines are (the registry writes a line after its response, so the line of a request answered
+/// earlier may come after a later one's).
+fn blob_gets(log: &str, since: i128, digest: &str) -> Vec<String> {
+    log.lines()
         .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/blobs/{digest}")))
+        .filter(|l| served_from_ns(l) >= since)
         .map(str::to_string)
         .collect()
 }
 
-/// A JSON blob of the content store.
+/// The registry's log once it holds the line of a request of ours sent now: the lines of the
+/// requests answered before are in by then (the registry writes each as it finishes the
+/// response). For completeness only: a check that something did not happen also needs an
+/// event proving its cause is over, and [`blob_gets`]' start time.
+fn registry_log_after_probe(reg: &Registry) -> String {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let tag = format!("{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed));
+    let mut s = TcpStream::connect(&reg.host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(WAIT_S))).unwrap();
+    write!(s, "GET /v2/?probe={tag} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", reg.host).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let needle = format!("probe={tag}");
+    wait_for_some(
+        "the registry's log line of a probe request",
+        WAIT_S,
+        || Some(reg.log_text()).filter(|l| l.contains(&needle)),
+        || reg.log_text(),
+    )
+}
+
+/// Waits until the snapshotter's background fetch of remote layer `digest`'s metadata, started
+/// when the layer was committed at pull (`prefetchOnPull`), has ended (its log line after byte
+/// `from` of the snapshotter's log): its requests are all answered then.
+fn wait_for_layer_metadata_at_pull(snap: &Snapshotter, from: usize, digest: &str) {
+    wait_for_some(
+        &format!("the end of the fetch of layer {digest}'s metadata at pull"),
+        WAIT_S,
+        || {
+            snapshotter_log_from(snap, from)
+                .lines()
+                .any(|l| l.contains("layer metadata") && l.contains("at pull") && has_field(l, "blob", digest))
+                .then_some(())
+        },
+        || snapshotter_log_from(snap, from),
+    )
+}
+
 /// The id (directory name) of the snapshotter's only snapshot with a device config.
 fn snaps_id(snap: &Snapshotter) -> String {
     let ids: Vec<String> = std::fs::read_dir(snap.root.join("snapshots"))
@@ -98,6 +208,7 @@ fn snaps_id(snap: &Snapshotter) -> String {
     ids[0].clone()
 }
 
+/// A JSON blob of the content store.
 fn content_json(c: &Containerd, digest: &str) -> serde_json::Value {
     let o = c.ctr_output(&["content", "get", digest]);
     assert!(o.status.success(), "ctr content get {digest}: {}", String::from_utf8_lossy(&o.stderr));
@@ -127,14 +238,16 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
     // no mirrorRegistry entry: --plain-http alone tells the snapshotter the registry's scheme
     let snap = Snapshotter::start(t.path(), "");
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-lazy");
-    let before = reg.log_text().len();
+    let pulled_from = now_ns();
+    let snap_log = snap.log_text().len();
     let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", "--label", "team=storage", &img]);
     assert_eq!(out.lines().last(), Some("done"), "{out}");
     assert!(out.contains("committed by the snapshotter"), "{out}");
     // no layer blob left the registry, only the layer's metadata by ranges (the snapshotter
-    // fetches it at pull, prefetchOnPull), and none is in the content store
-    std::thread::sleep(std::time::Duration::from_millis(500)); // (the registry logs a request after it)
-    let gets = blob_gets(&reg, before, &layers[0]);
+    // fetches it in the background after the pull, prefetchOnPull: awaited), and none is in
+    // the content store
+    wait_for_layer_metadata_at_pull(&snap, snap_log, &layers[0]);
+    let gets = blob_gets(&registry_log_after_probe(&reg), pulled_from, &layers[0]);
     let written: u64 = gets
         .iter()
         .filter_map(|l| l.split("http.response.written=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
@@ -154,27 +267,25 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
     let cfg = snap.root.join(format!("snapshots/{}/block/config.v1.json", snaps_id(&snap)));
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
     assert_eq!(cfg["repoBlobUrl"], format!("http://{}/v2/test/bbobd/blobs", reg.host), "{cfg}");
-    // a container runs on it, read lazily (ranges) from the registry
-    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "lazy1", "/bin/sh", "-c", LOOK]);
-    for want in ["keep\n", &big_sha, "\nw\n"] {
-        assert!(ran.contains(want), "{want:?} not in the container's output: {ran}");
-    }
-    let gets = blob_gets(&reg, before, &layers[0]);
-    assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
     // pulling again finds the layer unpacked
     let again = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
     assert!(again.contains("already unpacked"), "{again}");
-    // the same image behind an index: the host platform's manifest is chosen, the index stored
+    // the same image behind an index: the host platform's manifest is chosen, the index stored,
+    // and nothing of the layer is fetched. (Before any container runs on the layer: a device
+    // reads ahead in the background, so after a container the registry could still be serving
+    // the layer. The metadata fetch at pull has ended, awaited above; requests made before
+    // `idx_from` do not count wherever their log lines are.)
     add_index_tag(&layout, "idx");
-    let before = reg.log_text().len();
     let idx = format!("{}/test/bbobd:idx", reg.host);
     run(std::process::Command::new("skopeo")
         .args(["copy", "-q", "--all", "--dest-tls-verify=false", "--preserve-digests"])
         .arg(format!("oci:{}:idx", layout.dir.display()))
         .arg(format!("docker://{idx}")));
+    let idx_from = now_ns();
     let out = ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &idx]);
     assert_eq!(out.lines().last(), Some("done"), "{out}");
-    assert!(blob_gets(&reg, before, &layers[0]).is_empty());
+    let gets = blob_gets(&registry_log_after_probe(&reg), idx_from, &layers[0]);
+    assert!(gets.is_empty(), "{gets:#?}");
     let ls = ctrd.ctr(&["image", "ls"]);
     assert!(ls.lines().any(|l| l.starts_with(&idx) && l.contains("application/vnd.oci.image.index.v1+json")), "{ls}");
     let content = ctrd.ctr(&["content", "ls"]);
@@ -184,18 +295,30 @@ fn rpull_of_an_overlaybd_image_fetches_no_layer_and_the_image_runs() {
             && content.contains("containerd.io/gc.ref.snapshot.overlaybd="),
         "{content}"
     );
+    // a container runs on it, read lazily (ranges) from the registry
+    let ran = run_container(&ctrd, &t.path().join("out"), &img, "lazy1", LOOK);
+    for want in ["keep\n", &big_sha, "\nw\n"] {
+        assert!(ran.contains(want), "{want:?} not in the container's output: {ran}");
+    }
+    let gets = blob_gets(&registry_log_after_probe(&reg), pulled_from, &layers[0]);
+    assert!(!gets.is_empty() && gets.iter().all(|l| l.contains("http.response.status=206")), "{gets:#?}");
     // the collector follows the labels: with the first image removed, the index holds the
-    // manifest, config and snapshot; with both removed, nothing is left
+    // manifest, config and snapshot; with both removed, nothing is left (`--sync`: the
+    // collection is over when `ctr` returns; still awaited, bounded)
     ctrd.ctr(&["image", "rm", "--sync", &img]);
     assert_eq!(content_digests(&ctrd).len(), 3, "{}", ctrd.ctr(&["content", "ls"]));
     let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert!(snaps.contains(&layers[0]), "the index's snapshot was collected: {snaps}");
-    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &idx, "lazy2", "/bin/sh", "-c", LOOK]);
+    let ran = run_container(&ctrd, &t.path().join("out"), &idx, "lazy2", LOOK);
     assert!(ran.contains(&big_sha), "{ran}");
     ctrd.ctr(&["image", "rm", "--sync", &idx]);
-    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
-    assert_eq!(snaps.lines().count(), 1, "snapshots left after the image was removed: {snaps}");
-    assert!(content_digests(&ctrd).is_empty(), "{:?}", content_digests(&ctrd));
+    let snaps = || ctrd.ctr(&["snapshots", "--snapshotter", "overlaybd", "ls"]);
+    wait_for_some(
+        "the collection of the snapshots and content after the images were removed",
+        WAIT_S,
+        || (snaps().lines().count() == 1 && content_digests(&ctrd).is_empty()).then_some(()),
+        || format!("snapshots left: {}\ncontent left: {:?}", snaps(), content_digests(&ctrd)),
+    );
     drop(ctrd);
     drop(snap);
 }
@@ -219,7 +342,7 @@ fn rpull_of_a_plain_image_or_with_download_blobs_applies_the_layers() {
     for l in layout_layers(&plain.dir) {
         assert!(content.contains(&l), "layer {l} is not in the content store: {content:?}");
     }
-    let run = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &plain_img, "plain1", "/bin/sh", "-c", LOOK]);
+    let run = run_container(&ctrd, &t.path().join("out"), &plain_img, "plain1", LOOK);
     for want in ["keep\n", "second\n", "nogone\n", &big_sha, "\nw\n"] {
         assert!(run.contains(want), "{want:?} not in the container's output: {run}");
     }
@@ -228,7 +351,7 @@ fn rpull_of_a_plain_image_or_with_download_blobs_applies_the_layers() {
     assert!(out.contains("downloaded and applied"), "{out}");
     let layers = layout_layers(&obd.dir);
     assert!(content_digests(&ctrd).contains(&layers[0]));
-    let run = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &obd_img, "obd1", "/bin/sh", "-c", LOOK]);
+    let run = run_container(&ctrd, &t.path().join("out"), &obd_img, "obd1", LOOK);
     assert!(run.contains("keep\n") && run.contains(&big_sha), "{run}");
     assert!(leases(&ctrd).is_empty(), "{:?}", leases(&ctrd));
     drop(ctrd);
@@ -276,9 +399,9 @@ fn obdconv_converts_a_pulled_image_reproducibly_and_it_runs_the_same() {
     let ls = ctrd.ctr(&["image", "ls"]);
     assert!(ls.lines().any(|l| l.starts_with(&dst) && l.contains(&digest)), "{ls}");
     // the converted image shows the same files
-    let want = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &src, "src1", "/bin/sh", "-c", LOOK]);
+    let want = run_container(&ctrd, &t.path().join("out"), &src, "src1", LOOK);
     assert!(want.contains(&big_sha) && want.contains("nogone\n"), "{want}");
-    let got = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &dst, "dst1", "/bin/sh", "-c", LOOK]);
+    let got = run_container(&ctrd, &t.path().join("out"), &dst, "dst1", LOOK);
     assert_eq!(got, want);
     // converting again gives the same bytes
     let dst2 = format!("{}/test/bbconv:obd2", reg.host);
@@ -311,7 +434,10 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
     };
 
     // rpull: an unreachable registry, a short reference, a missing tag, a missing socket
-    let gone = format!("127.0.0.1:{}/test/x:1", free_port());
+    // (a port bound here, on 127.0.0.1, asked on 127.0.0.2: nothing can answer there, not even a
+    // registry of another test started meanwhile on a port that was free)
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("127.0.0.2:{}/test/x:1", held.local_addr().unwrap().port());
     let e = ctr_obd_fails(&ctrd, &tmp, &["rpull", "--plain-http", &gone]);
     assert!(e.contains(&format!("registry {gone}")) && e.to_lowercase().contains("connect"), "{e}");
     nothing_left("an unreachable registry", &[]);

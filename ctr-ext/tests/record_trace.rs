@@ -18,6 +18,19 @@ const TRACE_MAGIC: u32 = 0xC2EF_1820;
 /// What the recording container reads.
 const READS: &str = "cat /etc/keep; sha256sum /etc/big; ls /bin >/dev/null";
 
+/// Ends a recorded command whose output is looked for in ctr-obd's: 1 MiB of NULs on its
+/// stdout, dropped from ctr-obd's output by [`without_drain`]. ctr-obd passes on the task's
+/// output from the log file the shim copies the task's stdout pipe to, read once the task has
+/// exited: that can be before the shim has copied the last of it. The task cannot finish
+/// writing 1 MiB (16 times a pipe's capacity) before the shim has read, and written out, all
+/// that came before.
+const DRAIN: &str = "dd if=/dev/zero bs=65536 count=16 2>/dev/null";
+
+/// ctr-obd's output without the NULs of [`DRAIN`].
+fn without_drain(out: &str) -> String {
+    out.replace('\0', "")
+}
+
 /// A blob of the content store.
 fn content(c: &Containerd, digest: &str) -> Vec<u8> {
     let o = c.ctr_output(&["content", "get", digest]);
@@ -136,6 +149,16 @@ fn device_configs(snap: &Snapshotter) -> Vec<(PathBuf, serde_json::Value)> {
     out
 }
 
+/// The traces of the acceleration layers in the snapshotter's snapshots (`<id>/fs/trace`).
+fn accel_trace_files(snap: &Snapshotter) -> Vec<PathBuf> {
+    std::fs::read_dir(snap.root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("fs/trace"))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
 /// Files left in a directory.
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -161,13 +184,15 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
 
     let new = format!("{}/test/bbtrace:obd_trace", reg.host);
     let wd_s = wd.display().to_string();
-    let out = ctr_obd(
+    let out = without_drain(&ctr_obd(
         &ctrd,
         &tmp,
         &[
             "record-trace",
+            // the container ends by itself ("Task finished before timeout"): the time only
+            // bounds the recording (and the wait for the trace) of a container slow to start
             "--time",
-            "5",
+            "120",
             "--disable-network-isolation",
             "--working-dir",
             &wd_s,
@@ -175,9 +200,9 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
             &new,
             "/bin/sh",
             "-c",
-            READS,
+            &format!("{READS}; {DRAIN}"),
         ],
-    );
+    ));
     // the container ran the command (its output is passed on), the trace was collected
     assert!(out.contains("Task is running") && out.contains("keep\n") && out.contains(&big_sha), "{out}");
     assert!(out.contains("Found OK file"), "{out}");
@@ -231,7 +256,7 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
 
     // NEW runs through the snapshotter: the acceleration layer's device config says so and
     // holds the trace as its last lower
-    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &new, "accel1", "/bin/sh", "-c", READS]);
+    let ran = run_container(&ctrd, &t.path().join("out"), &new, "accel1", READS);
     assert!(ran.contains("keep\n") && ran.contains(&big_sha), "{ran}");
     let accel: Vec<(PathBuf, serde_json::Value)> =
         device_configs(&snap).into_iter().filter(|(_, c)| c["accelerationLayer"] == true).collect();
@@ -260,13 +285,13 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
     // what the registry serves is NEW, and runs when pulled lazily from there
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &published]);
     assert_eq!(image_target(&ctrd, &published), digest);
-    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &published, "pub1", "/bin/sh", "-c", READS]);
+    let ran = run_container(&ctrd, &t.path().join("out"), &published, "pub1", READS);
     assert!(ran.contains("keep\n") && ran.contains(&big_sha), "{ran}");
     ctrd.ctr(&["image", "rm", "--sync", &published]);
 
     // removing NEW removes what it holds; OLD still runs
     ctrd.ctr(&["image", "rm", "--sync", &new]);
-    let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &img, "old1", "/bin/sh", "-c", READS]);
+    let ran = run_container(&ctrd, &t.path().join("out"), &img, "old1", READS);
     assert!(ran.contains(&big_sha), "{ran}");
 
     // a trace that cannot be used (corrupt, truncated, from another image) is refused with one
@@ -283,26 +308,45 @@ fn record_trace_records_a_trace_into_an_acceleration_layer_that_runs() {
         ("truncated", trace[..trace.len() - 7].to_vec(), "truncated"),
         ("foreign", foreign, "outside its data area"),
     ];
+    // (the snapshots of NEW and PUBLISHED were removed by the collections of `image rm --sync`)
+    wait_for_some(
+        "the removal of the acceleration layers' snapshots",
+        WAIT_S,
+        || accel_trace_files(&snap).is_empty().then_some(()),
+        || format!("{:?}", accel_trace_files(&snap)),
+    );
     for (name, bad, reason) in unusable {
+        let log_pull = snap.log_text().len();
         ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &published]);
-        let traces: Vec<PathBuf> = std::fs::read_dir(snap.root.join("snapshots"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path().join("fs/trace"))
-            .filter(|p| p.is_file())
-            .collect();
+        let traces = accel_trace_files(&snap);
         assert_eq!(traces.len(), 1, "{name}: one acceleration layer expected: {traces:?}");
+        let dir = traces[0].parent().and_then(Path::parent).unwrap().to_path_buf();
+        let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+        // the Commit of the acceleration layer started a warm-up (prefetchOnPull) that reads
+        // its trace in a thread of its own: it has read the good one (its first line is
+        // logged after that, or a line that there is none) before the trace is replaced
+        let warmup = wait_for_snapshotter_line(&snap, log_pull, "prefetch at pull", &[("id", &id)]);
+        eprintln!("{name}: {warmup}");
         std::fs::write(&traces[0], &bad).unwrap();
         let log_before = snap.log_text().len();
-        let ran = ctrd.ctr(&["run", "--rm", "--snapshotter", "overlaybd", &published, name, "/bin/sh", "-c", READS]);
+        let ran = run_container(&ctrd, &t.path().join("out"), &published, name, READS);
         assert!(ran.contains("keep\n") && ran.contains(&big_sha), "{name}: {ran}");
-        let log = snap.log_text()[log_before..].to_string();
+        // the device opened for the container refused the trace; once the snapshot is gone
+        // (its device detached before its directory is removed) nothing reads it again, and
+        // every line about it is in the log
+        ctrd.ctr(&["image", "rm", "--sync", &published]);
+        wait_for_some(
+            &format!("{name}: the removal of snapshot {id}"),
+            WAIT_S,
+            || (!dir.exists()).then_some(()),
+            || snapshotter_log_from(&snap, log_before),
+        );
+        let log = snapshotter_log_from(&snap, log_before);
         let refused: Vec<&str> = log.lines().filter(|l| l.contains("trace ignored")).collect();
         assert_eq!(refused.len(), 1, "{name}: one line expected:\n{log}");
         assert!(refused[0].contains(traces[0].to_str().unwrap()) && refused[0].contains(reason), "{name}: {log}");
         assert!(!log.contains("panicked"), "{name}: {log}");
         eprintln!("{name}: {}", refused[0]);
-        ctrd.ctr(&["image", "rm", "--sync", &published]);
     }
 
     // a lazily pulled layer gone from every repository: push names it, and tags nothing
@@ -388,8 +432,13 @@ fn record_trace_bad_input_is_refused_and_leaves_nothing() {
     assert!(e.contains("already has an acceleration layer"), "{e}");
     nothing_left("existing names and acceleration layers", &[&img, &plain_img, &new]);
     // a command that does not exist in the image: the task cannot start, all is removed
-    let e = rt(&["--time", "2", "--disable-network-isolation", &img, &newer, "/nonexistent"]);
+    let log_from = snap.log_text().len();
+    let e = rt(&["--time", "60", "--disable-network-isolation", &img, &newer, "/nonexistent"]);
     assert!(e.contains("Tasks.Start") || e.contains("Tasks.Create"), "{e}");
+    // the image's device attached with the record labels and recorded; ctr-obd removed the
+    // lock and the trace files. The device writes the trace when it sees the lock gone (in a
+    // thread of its own, polling): once it has, nothing more is written into the working dir
+    eprintln!("{}", wait_for_snapshotter_line(&snap, log_from, "trace dumped", &[]));
     nothing_left("a command that cannot start", &[&img, &plain_img, &new]);
     let snaps = rows(&ctrd, &["snapshots", "--snapshotter", "overlaybd", "ls"]);
     assert!(snaps.len() <= snapshots_before.len() + 1, "{snapshots_before:?} -> {snaps:?}");
@@ -399,6 +448,37 @@ fn record_trace_bad_input_is_refused_and_leaves_nothing() {
 
 /// Where Debian's containernetworking-plugins puts the CNI plugins.
 const DEBIAN_CNI: &str = "/usr/lib/cni";
+
+/// The CNI bridge of ctr-obd's network, and the host-local plugin's store of its addresses.
+const CNI_BRIDGE: &str = "r-trace-br0";
+const CNI_STORE: &str = "/var/lib/cni/networks/record-trace-cni";
+
+/// Removes on drop (also when the test fails) the CNI bridge and address store the recording's
+/// network made, unless they were there before: the plugins' DEL leaves them (as go-cni's do).
+struct CniLeftovers {
+    bridge_was_there: bool,
+    store_was_there: bool,
+}
+
+impl CniLeftovers {
+    fn note() -> CniLeftovers {
+        CniLeftovers {
+            bridge_was_there: Path::new("/sys/class/net").join(CNI_BRIDGE).exists(),
+            store_was_there: Path::new(CNI_STORE).exists(),
+        }
+    }
+}
+
+impl Drop for CniLeftovers {
+    fn drop(&mut self) {
+        if !self.bridge_was_there && Path::new("/sys/class/net").join(CNI_BRIDGE).exists() {
+            let _ = std::process::Command::new("ip").args(["link", "del", CNI_BRIDGE]).status();
+        }
+        if !self.store_was_there {
+            let _ = std::fs::remove_dir_all(CNI_STORE);
+        }
+    }
+}
 
 /// The trace of the acceleration layer of image `name`.
 fn accel_trace(c: &Containerd, name: &str) -> Vec<u8> {
@@ -413,6 +493,7 @@ fn accel_trace(c: &Containerd, name: &str) -> Vec<u8> {
 #[test]
 fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_signals() {
     require_real_parts();
+    let _cni = CniLeftovers::note();
     let t = tempfile::tempdir().unwrap();
     let tmp = t.path().join("tmp");
     let wd_s = t.path().join("wd").display().to_string();
@@ -425,9 +506,12 @@ fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_
     let ctrd = Containerd::start_with_gc_on_request(t.path(), &snap.socket, "ctrobd-trnet");
     ctr_obd(&ctrd, &tmp, &["rpull", "--plain-http", &img]);
 
-    // in the CNI bridge network; the shell (PID 1: SIGTERM has no effect) is killed with SIGKILL
+    // in the CNI bridge network; the shell (PID 1: SIGTERM has no effect) is killed with SIGKILL.
+    // The task is stopped after --time, killed after as long again: it must have printed by
+    // then (a generous time: a loaded machine may take seconds to start it), and it must not
+    // end by itself before (it sleeps far longer)
     let net = format!("{}/test/bbtrnet:net", reg.host);
-    let cmd = "cat /proc/net/dev; cat /etc/keep; sleep 30";
+    let cmd = "cat /proc/net/dev; cat /etc/keep; sleep 3600";
     let (args, networked): (Vec<&str>, bool) = if Path::new(DEBIAN_CNI).join("bridge").is_file() {
         (vec!["--cni-plugin-dir", DEBIAN_CNI], true)
     } else {
@@ -436,7 +520,7 @@ fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_
         );
         (vec!["--disable-network-isolation"], false)
     };
-    let mut v = vec!["record-trace", "--time", "1", "--working-dir", &wd_s];
+    let mut v = vec!["record-trace", "--time", "10", "--working-dir", &wd_s];
     v.extend_from_slice(&args);
     v.extend_from_slice(&[&img, &net, "/bin/sh", "-c", cmd]);
     let out = ctr_obd(&ctrd, &tmp, &v);
@@ -454,7 +538,7 @@ fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_
 
     // SIGINT during the recording goes to the task (which exits on it); the image is made
     let sig = format!("{}/test/bbtrnet:sig", reg.host);
-    let script = "trap 'echo got-int; exit 0' INT; cat /etc/keep; while true; do sleep 0.1; done";
+    let script = format!("trap 'echo got-int; {DRAIN}; exit 0' INT; cat /etc/keep; while true; do sleep 0.1; done");
     let mut child = ctr_obd_command(
         &ctrd,
         &tmp,
@@ -469,11 +553,11 @@ fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_
             &sig,
             "/bin/sh",
             "-c",
-            script,
+            &script,
         ],
     )
     .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
+    .stderr(std::fs::File::create(t.path().join("sig.stderr")).unwrap())
     .spawn()
     .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -487,20 +571,32 @@ fn record_trace_in_a_cni_network_stops_a_task_that_ignores_sigterm_and_forwards_
             break;
         }
     }
-    // the task's shell has its trap set (SIGINT caught) before ctr-obd gets the signal
+    // the task's shell has its trap set (SIGINT caught) before ctr-obd gets the signal. (Its
+    // pid is the task's from the start, first `runc init`'s, a Go program that catches every
+    // signal and execs the shell after `Tasks.Start` has returned: the shell's command line
+    // first, then its caught signals, which an exec resets before the new command line shows.)
     let tasks = ctrd.ctr(&["task", "ls"]);
     let pid = tasks.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).expect("the task's pid").to_string();
-    wait_until("the task's SIGINT trap", 60, || {
+    wait_until("the task's SIGINT trap", WAIT_S, || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.starts_with(b"/bin/sh\0-c\0trap ") {
+            return false;
+        }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
         u64::from_str_radix(caught, 16).is_ok_and(|m| m & (1 << (2 - 1)) != 0)
     });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     std::io::Read::read_to_string(&mut stdout, &mut seen).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{seen}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(seen.contains("Received signal 2") && seen.contains("got-int"), "{seen}");
-    assert!(seen.contains(&format!("New image {sig} is created")), "{seen}");
+    let status = child.wait().unwrap();
+    let seen = without_drain(&seen);
+    let stderr = std::fs::read_to_string(t.path().join("sig.stderr")).unwrap_or_default();
+    assert!(status.success(), "{seen}\n{stderr}");
+    // status 0: the task ended through its SIGINT trap (SIGTERM does not reach its init, SIGKILL
+    // gives 137)
+    assert!(seen.contains("Received signal 2") && seen.contains("got-int"), "{seen}\n{stderr}");
+    assert!(seen.contains("Task exited with status 0\n"), "{seen}\n{stderr}");
+    assert!(seen.contains(&format!("New image {sig} is created")), "{seen}\n{stderr}");
     check_trace(&accel_trace(&ctrd, &sig), 1);
     assert!(rows(&ctrd, &["leases", "ls"]).is_empty() && rows(&ctrd, &["containers", "ls"]).is_empty());
     assert!(files_in(Path::new(&wd_s)).is_empty(), "{:?}", files_in(Path::new(&wd_s)));
